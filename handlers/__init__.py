@@ -1,0 +1,1 @@
+"""Handlers: plain async functions over the small DB API in reactor.db, plus git operations."""

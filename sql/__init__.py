@@ -1,0 +1,1 @@
+"""SQL shipped with reactor: migrations, named queries and the standalone app schema."""

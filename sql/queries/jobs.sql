@@ -1,0 +1,211 @@
+-- claude_jobs: claim, leases, rescue and release.
+-- Every write by a worker is fenced by (claimed_by_token_id, worker_instance_id, status),
+-- so a late write from a worker whose claim was rescued matches no row and changes nothing.
+-- Status changes also send the app's own `claude_job_status` notification on
+-- scrum4me_changes (as scrum4me-mcp did), inside the same transaction, so the Scrum4Me UI
+-- refreshes live; the reactor's own channels come from the triggers in sql/migrations.
+
+-- name: claim
+-- Claim the oldest eligible QUEUED job for one worker, in one statement.
+-- $1 user_id, $2 token_id, $3 instance_id, $4 product_id or NULL, $5 kinds, $6 lease seconds.
+-- Eligible: the user's, QUEUED, runtime CLAUDE, a configured kind, the product if given;
+-- a sprint-run job needs its run QUEUED/RUNNING and no earlier sprint_sequence still active;
+-- per-story order: no older job of the same kind in the same story is still active.
+WITH candidate AS (
+    SELECT cj.id, t.implementation_plan
+    FROM claude_jobs cj
+    LEFT JOIN tasks t ON t.id = cj.task_id
+    LEFT JOIN sprint_runs sr ON sr.id = cj.sprint_run_id
+    WHERE cj.user_id = $1
+      AND cj.status = 'QUEUED'
+      AND cj.runtime = 'CLAUDE'
+      AND cj.kind::text = ANY($5::text[])
+      AND ($4::text IS NULL OR cj.product_id = $4::text)
+      AND (cj.sprint_run_id IS NULL OR sr.status IN ('QUEUED', 'RUNNING'))
+      AND (cj.kind <> 'TASK_IMPLEMENTATION' OR cj.sprint_run_id IS NULL
+           OR cj.sprint_sequence IS NULL OR NOT EXISTS (
+               SELECT 1 FROM claude_jobs earlier
+               WHERE earlier.sprint_run_id = cj.sprint_run_id
+                 AND earlier.kind = 'TASK_IMPLEMENTATION'
+                 AND earlier.sprint_sequence < cj.sprint_sequence
+                 AND earlier.status IN ('QUEUED', 'CLAIMED', 'RUNNING')))
+      AND (t.story_id IS NULL OR NOT EXISTS (
+               SELECT 1 FROM tasks sibling_task
+               JOIN claude_jobs older ON older.task_id = sibling_task.id
+               WHERE sibling_task.story_id = t.story_id
+                 AND older.kind = cj.kind
+                 AND older.status IN ('QUEUED', 'CLAIMED', 'RUNNING')
+                 AND (older.created_at, older.id) < (cj.created_at, cj.id)))
+    ORDER BY cj.created_at, COALESCE(cj.sprint_sequence, 2147483647), cj.id
+    LIMIT 1
+    FOR UPDATE OF cj SKIP LOCKED
+),
+claimed AS (
+    UPDATE claude_jobs j
+    SET status = 'CLAIMED',
+        claimed_by_token_id = $2,
+        claimed_at = now(),
+        worker_instance_id = $3,
+        plan_snapshot = COALESCE(c.implementation_plan, ''),
+        lease_until = now() + make_interval(secs => $6::int),
+        updated_at = now()
+    FROM candidate c
+    WHERE j.id = c.id
+    RETURNING j.id, j.user_id, j.product_id, j.task_id, j.kind::text AS kind, j.sprint_run_id,
+              j.created_at, j.claimed_at, j.lease_until, j.retry_count
+),
+run_started AS (
+    UPDATE sprint_runs sr
+    SET status = 'RUNNING', started_at = COALESCE(sr.started_at, now()), updated_at = now()
+    FROM claimed
+    WHERE sr.id = claimed.sprint_run_id AND sr.status = 'QUEUED'
+    RETURNING sr.id
+)
+SELECT claimed.*,
+       (SELECT count(*) FROM run_started) > 0 AS started_sprint_run,
+       EXTRACT(EPOCH FROM clock_timestamp() - claimed.created_at)::float8 AS waited_seconds,
+       pg_notify('scrum4me_changes', json_build_object(
+           'type', 'claude_job_status', 'job_id', claimed.id, 'task_id', claimed.task_id,
+           'user_id', claimed.user_id, 'product_id', claimed.product_id,
+           'status', 'claimed')::text) AS notified
+FROM claimed
+
+-- name: rescue_expired
+-- Requeue jobs whose lease expired (retry_count + 1, claim cleared), or fail them once they
+-- have used their retries. Locks with SKIP LOCKED and re-checks the status in the UPDATE,
+-- so a job completed meanwhile is never overwritten. Also returns the next lease expiry,
+-- so the reactor can sleep exactly until then.
+-- $1 user_id, $2 kinds, $3 max retries.
+WITH expired AS (
+    SELECT id FROM claude_jobs
+    WHERE user_id = $1
+      AND kind::text = ANY($2::text[])
+      AND status IN ('CLAIMED', 'RUNNING')
+      AND (lease_until < now()
+           OR (lease_until IS NULL AND claimed_at < now() - interval '30 minutes'))
+    FOR UPDATE SKIP LOCKED
+),
+failed AS (
+    UPDATE claude_jobs j
+    SET status = 'FAILED',
+        finished_at = now(),
+        lease_until = NULL,
+        updated_at = now(),
+        error = format('lease expired %s times: the worker stopped renewing its lease '
+                       '(job_heartbeat) without reporting a result, so the job was given up '
+                       'after %s attempts', j.retry_count + 1, j.retry_count + 1)
+    FROM expired e
+    WHERE j.id = e.id AND j.status IN ('CLAIMED', 'RUNNING') AND j.retry_count >= $3
+    RETURNING j.id, j.user_id, j.product_id, j.task_id, 'FAILED'::text AS outcome,
+              j.retry_count, j.worker_instance_id
+),
+requeued AS (
+    UPDATE claude_jobs j
+    SET status = 'QUEUED',
+        claimed_by_token_id = NULL,
+        claimed_at = NULL,
+        plan_snapshot = NULL,
+        lease_until = NULL,
+        worker_instance_id = NULL,
+        started_at = NULL,
+        retry_count = j.retry_count + 1,
+        updated_at = now()
+    FROM expired e
+    WHERE j.id = e.id AND j.status IN ('CLAIMED', 'RUNNING') AND j.retry_count < $3
+    RETURNING j.id, j.user_id, j.product_id, j.task_id, 'QUEUED'::text AS outcome,
+              j.retry_count, e.id AS previous_instance
+),
+rescued AS (
+    SELECT id, user_id, product_id, task_id, outcome, retry_count FROM failed
+    UNION ALL
+    SELECT id, user_id, product_id, task_id, outcome, retry_count FROM requeued
+)
+SELECT
+    (SELECT COALESCE(json_agg(json_build_object(
+        'job_id', r.id, 'outcome', r.outcome, 'retry_count', r.retry_count,
+        'notified', pg_notify('scrum4me_changes', json_build_object(
+            'type', 'claude_job_status', 'job_id', r.id, 'task_id', r.task_id,
+            'user_id', r.user_id, 'product_id', r.product_id,
+            'status', lower(r.outcome))::text))), '[]'::json)
+     FROM rescued r) AS rescued,
+    (SELECT min(lease_until) FROM claude_jobs
+     WHERE user_id = $1 AND kind::text = ANY($2::text[])
+       AND status IN ('CLAIMED', 'RUNNING') AND lease_until > now()) AS next_expiry
+
+-- name: heartbeat
+-- Extend the lease, only for the owning token and instance of an active job.
+-- $1 job_id, $2 token_id, $3 instance_id, $4 lease seconds.
+UPDATE claude_jobs j
+SET lease_until = now() + make_interval(secs => $4::int)
+WHERE j.id = $1 AND j.claimed_by_token_id = $2 AND j.worker_instance_id = $3
+  AND j.status IN ('CLAIMED', 'RUNNING')
+RETURNING j.id, j.lease_until, j.kind::text AS kind, j.sprint_run_id,
+          (SELECT sr.status::text FROM sprint_runs sr WHERE sr.id = j.sprint_run_id)
+              AS sprint_run_status,
+          (SELECT sr.pause_context ->> 'pause_reason' FROM sprint_runs sr
+           WHERE sr.id = j.sprint_run_id) AS sprint_run_pause_reason
+
+-- name: heartbeat_many
+-- Renew the leases of every job this instance holds (the daemon's lease keeper).
+-- $1 job ids, $2 token_id, $3 instance_id, $4 lease seconds.
+UPDATE claude_jobs
+SET lease_until = now() + make_interval(secs => $4::int)
+WHERE id = ANY($1::text[]) AND claimed_by_token_id = $2 AND worker_instance_id = $3
+  AND status IN ('CLAIMED', 'RUNNING')
+RETURNING id
+
+-- name: ownership
+-- What a guard needs to explain why a worker may not write to a job.
+SELECT j.id, j.user_id, j.product_id, j.task_id, j.kind::text AS kind,
+       j.status::text AS status, j.claimed_by_token_id, j.worker_instance_id,
+       j.branch, j.base_sha, j.pushed_at, j.pr_url, j.verify_result::text AS verify_result,
+       j.summary, j.error, j.claimed_at, j.started_at, j.finished_at, j.retry_count,
+       j.lease_until, t.story_id, t.repo_url AS task_repo_url, p.repo_url AS product_repo_url
+FROM claude_jobs j
+LEFT JOIN tasks t ON t.id = j.task_id
+LEFT JOIN products p ON p.id = j.product_id
+WHERE j.id = $1
+
+-- name: rollback_claim
+-- Give a claim back (no repo root, worktree failure, waiter gone): QUEUED again with the claim
+-- cleared and retry_count unchanged. Fenced on token and instance.
+-- $1 job_id, $2 token_id, $3 instance_id.
+UPDATE claude_jobs
+SET status = 'QUEUED',
+    claimed_by_token_id = NULL,
+    claimed_at = NULL,
+    plan_snapshot = NULL,
+    worker_instance_id = NULL,
+    lease_until = NULL,
+    started_at = NULL,
+    branch = NULL,
+    base_sha = NULL,
+    updated_at = now()
+WHERE id = $1 AND claimed_by_token_id = $2 AND worker_instance_id = $3
+  AND status IN ('CLAIMED', 'RUNNING')
+RETURNING id, pg_notify('scrum4me_changes', json_build_object(
+    'type', 'claude_job_status', 'job_id', id, 'task_id', task_id, 'user_id', user_id,
+    'product_id', product_id, 'status', 'queued')::text) AS notified
+
+-- name: set_worktree
+-- Persist the branch and base of a freshly made worktree (the push at done reads them).
+-- $1 job_id, $2 token_id, $3 instance_id, $4 branch, $5 base_sha.
+UPDATE claude_jobs
+SET branch = $4, base_sha = $5, updated_at = now()
+WHERE id = $1 AND claimed_by_token_id = $2 AND worker_instance_id = $3
+  AND status IN ('CLAIMED', 'RUNNING')
+RETURNING id
+
+-- name: story_branch
+-- The branch of the oldest other job of the same story that has one (branch per story).
+-- $1 story_id, $2 job_id.
+SELECT j.branch
+FROM claude_jobs j JOIN tasks t ON t.id = j.task_id
+WHERE t.story_id = $1 AND j.id <> $2 AND j.branch IS NOT NULL
+ORDER BY j.created_at, j.id
+LIMIT 1
+
+-- name: held_by_instance
+-- Jobs this instance still holds (used at shutdown and by the lease keeper).
+SELECT id FROM claude_jobs
+WHERE claimed_by_token_id = $1 AND worker_instance_id = $2 AND status IN ('CLAIMED', 'RUNNING')
