@@ -75,7 +75,8 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 def _connect_kwargs(dsn: str, application_name: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "dsn": dsn,
-        "server_settings": {"application_name": application_name[:63]},
+        # Prisma writes timestamp(3) columns in UTC; our now() must land in the same zone.
+        "server_settings": {"application_name": application_name[:63], "TimeZone": "UTC"},
         "command_timeout": 60,
     }
     if is_pooler(dsn):

@@ -6,8 +6,10 @@
 -- refreshes live; the reactor's own channels come from the triggers in sql/migrations.
 
 -- name: claim
--- Claim the oldest eligible QUEUED job for one worker, in one statement.
--- $1 user_id, $2 token_id, $3 instance_id, $4 product_id or NULL, $5 kinds, $6 lease seconds.
+-- Claim up to $7 of the oldest eligible QUEUED jobs for one worker, in one statement.
+-- $1 user_id, $2 token_id, $3 instance_id, $4 product_id or NULL, $5 kinds, $6 lease seconds,
+-- $7 how many (the consumer's free slots). A batch never holds two jobs of one story: a
+-- later sibling is blocked by the QUEUED head it sees in the same snapshot.
 -- Eligible: the user's, QUEUED, runtime CLAUDE, a configured kind, the product if given;
 -- a sprint-run job needs its run QUEUED/RUNNING and no earlier sprint_sequence still active;
 -- per-story order: no older job of the same kind in the same story is still active.
@@ -37,7 +39,7 @@ WITH candidate AS (
                  AND older.status IN ('QUEUED', 'CLAIMED', 'RUNNING')
                  AND (older.created_at, older.id) < (cj.created_at, cj.id)))
     ORDER BY cj.created_at, COALESCE(cj.sprint_sequence, 2147483647), cj.id
-    LIMIT 1
+    LIMIT $7::int
     FOR UPDATE OF cj SKIP LOCKED
 ),
 claimed AS (
@@ -62,19 +64,20 @@ run_started AS (
     RETURNING sr.id
 )
 SELECT claimed.*,
-       (SELECT count(*) FROM run_started) > 0 AS started_sprint_run,
+       claimed.sprint_run_id IN (SELECT id FROM run_started) AS started_sprint_run,
        EXTRACT(EPOCH FROM clock_timestamp() - claimed.created_at)::float8 AS waited_seconds,
        pg_notify('scrum4me_changes', json_build_object(
            'type', 'claude_job_status', 'job_id', claimed.id, 'task_id', claimed.task_id,
            'user_id', claimed.user_id, 'product_id', claimed.product_id,
            'status', 'claimed')::text) AS notified
 FROM claimed
+ORDER BY claimed.created_at, claimed.id
 
 -- name: rescue_expired
 -- Requeue jobs whose lease expired (retry_count + 1, claim cleared), or fail them once they
 -- have used their retries. Locks with SKIP LOCKED and re-checks the status in the UPDATE,
 -- so a job completed meanwhile is never overwritten. Also returns the next lease expiry,
--- so the reactor can sleep exactly until then.
+-- (in seconds), so the reactor can sleep exactly until then.
 -- $1 user_id, $2 kinds, $3 max retries.
 WITH expired AS (
     SELECT id FROM claude_jobs
@@ -128,9 +131,9 @@ SELECT
             'user_id', r.user_id, 'product_id', r.product_id,
             'status', lower(r.outcome))::text))), '[]'::json)
      FROM rescued r) AS rescued,
-    (SELECT min(lease_until) FROM claude_jobs
+    (SELECT EXTRACT(EPOCH FROM min(lease_until) - now())::float8 FROM claude_jobs
      WHERE user_id = $1 AND kind::text = ANY($2::text[])
-       AND status IN ('CLAIMED', 'RUNNING') AND lease_until > now()) AS next_expiry
+       AND status IN ('CLAIMED', 'RUNNING') AND lease_until > now()) AS next_expiry_in
 
 -- name: heartbeat
 -- Extend the lease, only for the owning token and instance of an active job.

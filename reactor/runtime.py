@@ -1,0 +1,232 @@
+"""The reactor: one nursery owning the listener, the dispatcher, the claim pump and the sweeper.
+
+It is the piece shared by ``reactor run`` (agent slots + MCP over HTTP) and ``reactor mcp``
+(MCP over stdio): whoever consumes jobs plugs into ``reactor.pump``; whoever must react to
+status changes (deferred cleanup, cancelled agents) adds a status hook; whoever must catch
+up after an outage (cleanup missed while down) adds a sweep hook.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from handlers import presence
+from handlers.auth import Worker
+from handlers.claim import rescue_expired
+from reactor import metrics
+from reactor.config import Settings
+from reactor.db import Database, DatabaseError
+from reactor.dispatch import Dispatcher
+from reactor.events import (
+    APP_CHANGES,
+    JOB_ENQUEUED,
+    JOB_STATUS_CHANGED,
+    WORKER_CONNECTED,
+    Event,
+    JobEnqueued,
+    JobStatusChanged,
+    WorkerConnected,
+)
+from reactor.listener import Listener, PresenceBeat
+from reactor.logs import get_logger
+from reactor.pump import ClaimPump
+
+log = get_logger("reactor.runtime")
+
+ACTIVE = frozenset({"QUEUED", "CLAIMED", "RUNNING"})
+TERMINAL = frozenset({"DONE", "FAILED", "CANCELLED", "SKIPPED"})
+
+StatusHook = Callable[[JobStatusChanged], Awaitable[None]]
+SweepHook = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class LiveWorker:
+    instance_id: str
+    seen_at: float
+
+
+@dataclass
+class ReactorState:
+    """What /health and `reactor status` report about this process."""
+
+    token_valid: bool = True
+    last_sweep_at: float | None = None
+    last_claim_at: float | None = None
+    live_workers: dict[str, LiveWorker] = field(default_factory=dict)
+
+
+class Reactor:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        worker: Worker,
+        *,
+        role: str,
+        register_presence: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.worker = worker
+        self.role = role
+        self.state = ReactorState()
+        self._register_presence = register_presence
+        self.pump = ClaimPump(
+            db, worker, kinds=settings.kinds, lease_seconds=settings.lease_seconds
+        )
+        self.dispatcher = Dispatcher(on_overflow=lambda: self.request_sweep("inbox overflow"))
+        self.dispatcher.register(JOB_ENQUEUED, self._on_enqueued)
+        self.dispatcher.register(APP_CHANGES, self._on_enqueued)
+        self.dispatcher.register(JOB_STATUS_CHANGED, self._on_status_changed)
+        self.dispatcher.register(WORKER_CONNECTED, self._on_worker_connected)
+        self.listener = Listener(
+            settings.require_listen_url(),
+            self.dispatcher.channels,
+            self.dispatcher.deliver,
+            self.request_sweep,
+            application_name=f"reactor-listen:{worker.instance_id}",
+            ping_seconds=settings.ping_seconds,
+            ping_timeout_seconds=settings.ping_timeout_seconds,
+            beat=PresenceBeat(
+                worker.token_id, worker.instance_id, self._reregister, self._set_token_validity
+            )
+            if register_presence
+            else None,
+        )
+        self.status_hooks: list[StatusHook] = []
+        self.sweep_hooks: list[SweepHook] = []
+        self._sweep_wanted = trio.Event()
+        self._sweep_reason = "start"
+        self._first_sweep = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None, "the reactor is not running"
+        return self._nursery
+
+    def request_sweep(self, reason: str) -> None:
+        self._sweep_reason = reason
+        self._sweep_wanted.set()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Reactor] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until cancelled; ``started`` fires once LISTEN is verified and caught up."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self._register_presence:
+                    await presence.register(self.db, self.worker, hostname=self.settings.hostname)
+                nursery.start_soon(self.dispatcher.run)
+                nursery.start_soon(self.pump.run)
+                await nursery.start(self.listener.run)
+                nursery.start_soon(self._sweeper)
+                await self._first_sweep.wait()
+                log.info(
+                    "reactor.ready",
+                    role=self.role,
+                    instance_id=self.worker.instance_id,
+                    kinds=list(self.settings.kinds),
+                    why="listening, verified and caught up",
+                )
+                task_status.started(self)
+        finally:
+            self._nursery = None
+            if self._register_presence:
+                await self._unregister()
+
+    async def _unregister(self) -> None:
+        with trio.move_on_after(5) as scope:
+            scope.shield = True
+            try:
+                await presence.unregister(self.db, self.worker)
+            except DatabaseError as exc:
+                log.warning("presence.unregister_failed", why=str(exc))
+
+    async def _sweeper(self) -> None:
+        next_expiry_in: float | None = None
+        while True:
+            timeout = self.settings.sweep_seconds
+            if next_expiry_in is not None:
+                # Wake right after the earliest lease expires, not up to a sweep later.
+                timeout = min(timeout, next_expiry_in + 0.05)
+            lease_due = next_expiry_in is not None and timeout < self.settings.sweep_seconds
+            with trio.move_on_after(timeout):
+                await self._sweep_wanted.wait()
+            if self._sweep_wanted.is_set():
+                reason = self._sweep_reason
+                self._sweep_wanted = trio.Event()
+            else:
+                reason = "lease expiry" if lease_due else "periodic"
+            next_expiry_in = await self._sweep(reason)
+
+    async def _sweep(self, reason: str) -> float | None:
+        metrics.SWEEPS.labels(reason.split(":")[0]).inc()
+        try:
+            report = await rescue_expired(
+                self.db,
+                self.worker.user_id,
+                kinds=self.settings.kinds,
+                max_retries=self.settings.max_retries,
+            )
+        except DatabaseError as exc:
+            log.warning("sweep.failed", reason=reason, why=str(exc))
+            return None
+        self.state.last_sweep_at = time.time()
+        self.pump.wake(f"sweep ({reason})")
+        for hook in self.sweep_hooks:
+            try:
+                await hook(reason)
+            except Exception:
+                log.exception("sweep.hook_failed", reason=reason)
+        self._first_sweep.set()
+        return report.next_expiry_in
+
+    async def _on_enqueued(self, event: Event) -> None:
+        assert isinstance(event, JobEnqueued)
+        if event.user_id != self.worker.user_id:
+            return
+        if event.kind is not None and event.kind not in self.settings.kinds:
+            return
+        self.pump.wake(f"job_enqueued {event.job_id or ''}".strip())
+
+    async def _on_status_changed(self, event: Event) -> None:
+        assert isinstance(event, JobStatusChanged)
+        if event.user_id != self.worker.user_id:
+            return
+        if event.old_status in ACTIVE and event.new_status in TERMINAL | {"QUEUED"}:
+            # The next job of the story (or of the sprint sequence) may be claimable now.
+            self.pump.wake(f"job {event.job_id} {event.old_status}->{event.new_status}")
+        for hook in self.status_hooks:
+            await hook(event)
+
+    async def _on_worker_connected(self, event: Event) -> None:
+        assert isinstance(event, WorkerConnected)
+        if event.user_id != self.worker.user_id:
+            return
+        self.state.live_workers[event.instance_id] = LiveWorker(event.instance_id, time.time())
+        log.info("presence.worker_connected", instance_id=event.instance_id)
+        self.pump.wake(f"worker {event.instance_id} connected")
+
+    async def _reregister(self) -> None:
+        await presence.register(self.db, self.worker, hostname=self.settings.hostname)
+
+    def _set_token_validity(self, valid: bool) -> None:
+        if valid == self.state.token_valid:
+            return
+        self.state.token_valid = valid
+        if valid:
+            self.pump.resume()
+        else:
+            log.error(
+                "auth.token_invalid",
+                why="SCRUM4ME_TOKEN was revoked or expired while running; claiming stopped. "
+                "Create a new token and restart with it.",
+            )
+            self.pump.pause("token revoked or expired")
