@@ -86,6 +86,7 @@ async def claim_jobs(
     lease_seconds: int,
     consumer: str,
     limit: int,
+    excluded: Sequence[str] = (),
 ) -> list[ClaimedJob]:
     """Claim up to ``limit`` eligible jobs in one statement, oldest first."""
     rows = await db.fetch(
@@ -97,6 +98,7 @@ async def claim_jobs(
         list(kinds),
         lease_seconds,
         limit,
+        list(excluded),
     )
     metrics.CLAIM_ATTEMPTS.labels("claimed" if rows else "empty").inc()
     return [_claimed(row, worker, consumer) for row in rows]

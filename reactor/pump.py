@@ -79,6 +79,7 @@ class ClaimPump:
         self._in_pass = False
         self._progress = trio.Event()
         self.paused_reason: str | None = None
+        self._cooling: dict[str, tuple[float, float]] = {}
         self.passes = 0
         self.claim_attempts = 0
 
@@ -95,6 +96,25 @@ class ClaimPump:
         if not self._wake.is_set():
             log.debug("pump.wake", why=why)
         self._wake.set()
+
+    def cool_down(self, job_id: str, *, transient: bool) -> float:
+        """Skip a job this process failed to prepare for a while (doubling each time).
+
+        Without this, a job whose repository is not configured would be claimed, rolled back
+        and claimed again in a hot loop (scrum4me-mcp's ISS-3 symptom).
+        """
+        base = 10.0 if transient else 120.0
+        _until, previous = self._cooling.get(job_id, (0.0, 0.0))
+        delay = min(1800.0, previous * 2 if previous else base)
+        self._cooling[job_id] = (trio.current_time() + delay, delay)
+        return delay
+
+    def forgive(self, job_id: str) -> None:
+        self._cooling.pop(job_id, None)
+
+    def _excluded(self) -> list[str]:
+        now = trio.current_time()
+        return [job_id for job_id, (until, _delay) in self._cooling.items() if until > now]
 
     def pause(self, reason: str) -> None:
         """Stop claiming (shutdown, revoked token); waiters keep waiting."""
@@ -156,6 +176,7 @@ class ClaimPump:
             lease_seconds=self._lease_seconds,
             consumer=consumers[0].name,
             limit=wanted,
+            excluded=self._excluded(),
         )
         pending = list(jobs)
         for consumer in consumers:

@@ -8,8 +8,10 @@
 -- name: claim
 -- Claim up to $7 of the oldest eligible QUEUED jobs for one worker, in one statement.
 -- $1 user_id, $2 token_id, $3 instance_id, $4 product_id or NULL, $5 kinds, $6 lease seconds,
--- $7 how many (the consumer's free slots). A batch never holds two jobs of one story: a
--- later sibling is blocked by the QUEUED head it sees in the same snapshot.
+-- $7 how many (the consumer's free slots), $8 job ids this process is cooling down (jobs it
+-- just failed to prepare, e.g. no repo root: not retried in a hot loop).
+-- A batch never holds two jobs of one story: a later sibling is blocked by the QUEUED head
+-- it sees in the same snapshot.
 -- Eligible: the user's, QUEUED, runtime CLAUDE, a configured kind, the product if given;
 -- a sprint-run job needs its run QUEUED/RUNNING and no earlier sprint_sequence still active;
 -- per-story order: no older job of the same kind in the same story is still active.
@@ -23,6 +25,7 @@ WITH candidate AS (
       AND cj.runtime = 'CLAUDE'
       AND cj.kind::text = ANY($5::text[])
       AND ($4::text IS NULL OR cj.product_id = $4::text)
+      AND NOT (cj.id = ANY($8::text[]))
       AND (cj.sprint_run_id IS NULL OR sr.status IN ('QUEUED', 'RUNNING'))
       AND (cj.kind <> 'TASK_IMPLEMENTATION' OR cj.sprint_run_id IS NULL
            OR cj.sprint_sequence IS NULL OR NOT EXISTS (
@@ -212,3 +215,27 @@ LIMIT 1
 -- Jobs this instance still holds (used at shutdown and by the lease keeper).
 SELECT id FROM claude_jobs
 WHERE claimed_by_token_id = $1 AND worker_instance_id = $2 AND status IN ('CLAIMED', 'RUNNING')
+
+-- name: context
+-- Everything an agent needs to work on a claimed job (the wait_for_job payload).
+SELECT j.id, j.kind::text AS kind, j.status::text AS status, j.product_id, j.task_id,
+       j.sprint_run_id, j.branch, j.base_sha, j.retry_count, j.lease_until,
+       j.requested_model, j.requested_thinking_budget, j.requested_permission_mode,
+       t.title AS task_title, t.description AS task_description,
+       t.implementation_plan, t.priority AS task_priority, t.repo_url AS task_repo_url,
+       t.requires_opus, t.code AS task_code,
+       s.id AS story_id, s.title AS story_title, s.description AS story_description,
+       s.acceptance_criteria, s.code AS story_code,
+       b.id AS pbi_id, b.title AS pbi_title, b.priority AS pbi_priority,
+       b.status::text AS pbi_status,
+       sp.id AS sprint_id, sp.sprint_goal, sp.status::text AS sprint_status,
+       p.name AS product_name, p.repo_url AS product_repo_url, p.preferred_model,
+       p.thinking_budget_default, p.preferred_permission_mode
+FROM claude_jobs j
+JOIN products p ON p.id = j.product_id
+LEFT JOIN tasks t ON t.id = j.task_id
+LEFT JOIN stories s ON s.id = t.story_id
+LEFT JOIN pbis b ON b.id = s.pbi_id
+LEFT JOIN sprint_runs sr ON sr.id = j.sprint_run_id
+LEFT JOIN sprints sp ON sp.id = COALESCE(sr.sprint_id, t.sprint_id, s.sprint_id)
+WHERE j.id = $1

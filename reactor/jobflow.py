@@ -1,0 +1,98 @@
+"""What happens around a claim: preparing the job, and cleaning up after its story.
+
+Shared by the MCP tools and the daemon's agent slots, so both surfaces prepare jobs and
+clean up worktrees the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from handlers.claim import ClaimedJob
+from handlers.cleanup import catch_up, cleanup_story
+from handlers.context import job_context
+from handlers.workspace import Workspace
+from handlers.worktree import WorktreeUnavailable, attach_worktree
+from reactor.db import DatabaseError
+from reactor.events import JobStatusChanged
+from reactor.logs import get_logger
+from reactor.runtime import TERMINAL, Reactor
+from reactor.sqlfiles import query
+
+log = get_logger("reactor.jobflow")
+
+_STORY_OF_JOB = query("cleanup.story_of_job")
+
+
+async def prepare_job(reactor: Reactor, ws: Workspace, job: ClaimedJob) -> dict[str, Any]:
+    """The job's context, with its worktree made ready when the kind needs one.
+
+    Raises WorktreeUnavailable after giving the claim back; the job then cools down in this
+    process so it is not claimed again in a hot loop.
+    """
+    try:
+        ready = await attach_worktree(reactor.db, ws, reactor.worker, job.id)
+    except WorktreeUnavailable as exc:
+        delay = reactor.pump.cool_down(job.id, transient=exc.transient)
+        log.warning("job.prepare_failed", job_id=job.id, retry_in_s=round(delay), why=str(exc))
+        raise
+    reactor.pump.forgive(job.id)
+    context = await job_context(reactor.db, job.id)
+    assert context is not None
+    if ready is not None:
+        context.update(
+            worktree_path=str(ready.path),
+            branch_name=ready.branch,
+            reused_branch=ready.reused_branch,
+            base_sha=ready.base_sha,
+        )
+    return context
+
+
+class CleanupService:
+    """Runs deferred cleanup when a story's last active job ends, and catches up after gaps."""
+
+    def __init__(self, reactor: Reactor, ws: Workspace) -> None:
+        self._reactor = reactor
+        self._ws = ws
+        self._pending: set[str] = set()
+        self._periodic = 0
+        reactor.status_hooks.append(self.on_status_changed)
+        reactor.sweep_hooks.append(self.on_sweep)
+
+    async def on_status_changed(self, event: JobStatusChanged) -> None:
+        if (
+            event.new_status not in TERMINAL
+            or event.kind != "TASK_IMPLEMENTATION"
+            or not event.task_id
+        ):
+            return
+        story_id = await self._reactor.db.fetchval(_STORY_OF_JOB, event.job_id)
+        if story_id is not None:
+            self.schedule(story_id, why=f"job {event.job_id} became {event.new_status}")
+
+    def schedule(self, story_id: str, *, why: str) -> None:
+        if story_id in self._pending:
+            return
+        self._pending.add(story_id)
+        self._reactor.nursery.start_soon(self._clean_later, story_id, why)
+
+    async def _clean_later(self, story_id: str, why: str) -> None:
+        # A short grace: an MCP agent's PostToolUse hook may still run inside the worktree
+        # right after it reported its result (scrum4me-mcp removed worktrees inline and broke
+        # that hook).
+        await trio.sleep(self._ws.cleanup_grace_seconds)
+        self._pending.discard(story_id)
+        try:
+            await cleanup_story(self._reactor.db, self._ws, story_id, why=why)
+        except DatabaseError as exc:
+            log.warning("cleanup.failed", story_id=story_id, why=str(exc))
+
+    async def on_sweep(self, reason: str) -> None:
+        if reason == "periodic":
+            self._periodic += 1
+            if self._periodic % 10:
+                return  # every tenth periodic sweep; start/reconnect sweeps always catch up
+        await catch_up(self._reactor.db, self._ws)
