@@ -65,6 +65,7 @@ async def attach_worktree(
         await _give_back(db, worker, job_id, "no repo root")
         raise WorktreeUnavailable(root.hint or "No repo root configured", transient=False)
     try:
+        await _clear_earlier_attempt(ws, root.path, job_id)
         branch, reused = await _story_branch(db, job_id, row["story_id"])
         info = await ws.git.run(
             gitops.create_worktree,
@@ -118,6 +119,27 @@ async def attach_worktree(
     return WorktreeReady(
         info.path, info.branch, info.reused_branch, info.base_sha, info.base_ref, root.path
     )
+
+
+async def _clear_earlier_attempt(ws: Workspace, repo_root: Path, job_id: str) -> None:
+    """A worktree left by an earlier attempt of this job (requeued at shutdown, rescued after
+    a crash) would block this one; remove it, keeping its branch so committed work survives."""
+    path = ws.path_for(job_id)
+    if path.exists():
+        result = await ws.git.run(
+            gitops.remove_worktree,
+            repo_root,
+            path,
+            keep_branch=True,
+            worktree_dir=ws.worktree_dir,
+            repo=repo_root,
+        )
+        log.info(
+            "worktree.replaced",
+            job_id=job_id,
+            branch=result.branch,
+            why="left by an earlier attempt",
+        )
 
 
 async def _story_branch(db: Database, job_id: str, story_id: str | None) -> tuple[str, bool]:

@@ -35,7 +35,7 @@ JOB_KINDS = (
 
 _REPO_ROOT_PRODUCT = "SCRUM4ME_REPO_ROOT_"
 _REPO_ROOT_REPO = "SCRUM4ME_REPO_ROOT_REPO_"
-_INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
 
 class ConfigError(Exception):
@@ -78,11 +78,19 @@ class Settings:
     pool_size: int = 8
     log_level: str = "info"
     log_format: str = "json"
+    launched_job_id: str | None = None
+    # The environment as read, handed on to agent processes (never logged).
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read and validate settings; raises ConfigError naming the variable and the fix."""
-        env = os.environ if environ is None else environ
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, overrides: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Read and validate settings; raises ConfigError naming the variable and the fix.
+
+        ``overrides`` are command-line values given as the variables they stand for.
+        """
+        env = {**(os.environ if environ is None else environ), **(overrides or {})}
         home = Path(env.get("HOME") or os.path.expanduser("~"))
         data_home = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
         state_home = Path(env.get("XDG_STATE_HOME") or home / ".local" / "state")
@@ -125,6 +133,8 @@ class Settings:
                 env, "REACTOR_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
             log_format=_choice(env, "REACTOR_LOG_FORMAT", "json", ("json", "text")),
+            launched_job_id=_optional(env, "SCRUM4ME_JOB_ID"),
+            environ=dict(env),
         )
         if settings.ping_timeout_seconds >= settings.ping_seconds:
             raise ConfigError(
@@ -258,7 +268,7 @@ def _kinds(env: Mapping[str, str]) -> tuple[str, ...]:
 
 def _instance_id(env: Mapping[str, str]) -> str | None:
     raw = _optional(env, "SCRUM4ME_INSTANCE_ID")
-    if raw is not None and not _INSTANCE_RE.match(raw):
+    if raw is not None and not INSTANCE_ID_RE.match(raw):
         raise ConfigError(
             "SCRUM4ME_INSTANCE_ID may only contain letters, digits and . _ : @ - "
             f"(at most 128 characters, starting with a letter or digit); got {raw!r}."

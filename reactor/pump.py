@@ -71,7 +71,7 @@ class ClaimPump:
         lease_seconds: int,
     ) -> None:
         self._db = db
-        self._worker = worker
+        self.worker = worker
         self._kinds = list(kinds)
         self._lease_seconds = lease_seconds
         self._consumers: list[Consumer] = []
@@ -170,7 +170,7 @@ class ClaimPump:
         self.claim_attempts += 1
         jobs = await claim_jobs(
             self._db,
-            self._worker,
+            self.worker,
             kinds=self._kinds,
             product_id=product,
             lease_seconds=self._lease_seconds,
@@ -188,6 +188,6 @@ class ClaimPump:
             # The consumer left between our count and the claim (e.g. its client
             # disconnected): the job goes straight back, and nobody is charged a retry.
             with trio.CancelScope(shield=True):
-                await rollback_claim(self._db, self._worker, job.id, reason="consumer gone")
+                await rollback_claim(self._db, self.worker, job.id, reason="consumer gone")
         if pending:
             self.wake("jobs returned by departed consumers")

@@ -76,9 +76,10 @@ class Reactor:
         self.role = role
         self.state = ReactorState()
         self._register_presence = register_presence
-        self.pump = ClaimPump(
-            db, worker, kinds=settings.kinds, lease_seconds=settings.lease_seconds
-        )
+        self.pump = self._new_pump(worker)
+        self._pumps: dict[tuple[str, str], ClaimPump] = {
+            (worker.token_id, worker.instance_id): self.pump
+        }
         self.dispatcher = Dispatcher(on_overflow=lambda: self.request_sweep("inbox overflow"))
         self.dispatcher.register(JOB_ENQUEUED, self._on_enqueued)
         self.dispatcher.register(APP_CHANGES, self._on_enqueued)
@@ -110,6 +111,27 @@ class Reactor:
         assert self._nursery is not None, "the reactor is not running"
         return self._nursery
 
+    def _new_pump(self, worker: Worker) -> ClaimPump:
+        return ClaimPump(
+            self.db, worker, kinds=self.settings.kinds, lease_seconds=self.settings.lease_seconds
+        )
+
+    def pump_for(self, worker: Worker) -> ClaimPump:
+        """The claim pump of one identity (MCP-over-HTTP callers bring their own token)."""
+        key = (worker.token_id, worker.instance_id)
+        pump = self._pumps.get(key)
+        if pump is None:
+            pump = self._pumps[key] = self._new_pump(worker)
+            self.nursery.start_soon(pump.run)
+            if not self.state.token_valid and worker.token_id == self.worker.token_id:
+                pump.pause("token revoked or expired")
+        return pump
+
+    def _wake_user(self, user_id: str, why: str) -> None:
+        for pump in self._pumps.values():
+            if pump.worker.user_id == user_id:
+                pump.wake(why)
+
     def request_sweep(self, reason: str) -> None:
         self._sweep_reason = reason
         self._sweep_wanted.set()
@@ -124,7 +146,8 @@ class Reactor:
                 if self._register_presence:
                     await presence.register(self.db, self.worker, hostname=self.settings.hostname)
                 nursery.start_soon(self.dispatcher.run)
-                nursery.start_soon(self.pump.run)
+                for pump in self._pumps.values():
+                    nursery.start_soon(pump.run)
                 await nursery.start(self.listener.run)
                 nursery.start_soon(self._sweeper)
                 await self._first_sweep.wait()
@@ -167,52 +190,61 @@ class Reactor:
             next_expiry_in = await self._sweep(reason)
 
     async def _sweep(self, reason: str) -> float | None:
+        """Rescue expired leases of every user served here, wake every pump, run hooks."""
         metrics.SWEEPS.labels(reason.split(":")[0]).inc()
+        expiries: list[float] = []
         try:
-            report = await rescue_expired(
-                self.db,
-                self.worker.user_id,
-                kinds=self.settings.kinds,
-                max_retries=self.settings.max_retries,
-            )
+            for user_id in sorted({pump.worker.user_id for pump in self._pumps.values()}):
+                report = await rescue_expired(
+                    self.db,
+                    user_id,
+                    kinds=self.settings.kinds,
+                    max_retries=self.settings.max_retries,
+                )
+                if report.next_expiry_in is not None:
+                    expiries.append(report.next_expiry_in)
         except DatabaseError as exc:
             log.warning("sweep.failed", reason=reason, why=str(exc))
             return None
         self.state.last_sweep_at = time.time()
-        self.pump.wake(f"sweep ({reason})")
+        for pump in self._pumps.values():
+            pump.wake(f"sweep ({reason})")
         for hook in self.sweep_hooks:
             try:
                 await hook(reason)
             except Exception:
                 log.exception("sweep.hook_failed", reason=reason)
         self._first_sweep.set()
-        return report.next_expiry_in
+        return min(expiries, default=None)
+
+    def _serves(self, user_id: str) -> bool:
+        return any(pump.worker.user_id == user_id for pump in self._pumps.values())
 
     async def _on_enqueued(self, event: Event) -> None:
         assert isinstance(event, JobEnqueued)
-        if event.user_id != self.worker.user_id:
-            return
         if event.kind is not None and event.kind not in self.settings.kinds:
             return
-        self.pump.wake(f"job_enqueued {event.job_id or ''}".strip())
+        self._wake_user(event.user_id, f"job_enqueued {event.job_id or ''}".strip())
 
     async def _on_status_changed(self, event: Event) -> None:
         assert isinstance(event, JobStatusChanged)
-        if event.user_id != self.worker.user_id:
+        if not self._serves(event.user_id):
             return
         if event.old_status in ACTIVE and event.new_status in TERMINAL | {"QUEUED"}:
             # The next job of the story (or of the sprint sequence) may be claimable now.
-            self.pump.wake(f"job {event.job_id} {event.old_status}->{event.new_status}")
+            self._wake_user(
+                event.user_id, f"job {event.job_id} {event.old_status}->{event.new_status}"
+            )
         for hook in self.status_hooks:
             await hook(event)
 
     async def _on_worker_connected(self, event: Event) -> None:
         assert isinstance(event, WorkerConnected)
-        if event.user_id != self.worker.user_id:
+        if not self._serves(event.user_id):
             return
         self.state.live_workers[event.instance_id] = LiveWorker(event.instance_id, time.time())
         log.info("presence.worker_connected", instance_id=event.instance_id)
-        self.pump.wake(f"worker {event.instance_id} connected")
+        self._wake_user(event.user_id, f"worker {event.instance_id} connected")
 
     async def _reregister(self) -> None:
         await presence.register(self.db, self.worker, hostname=self.settings.hostname)
@@ -221,12 +253,17 @@ class Reactor:
         if valid == self.state.token_valid:
             return
         self.state.token_valid = valid
+        own = [
+            pump for pump in self._pumps.values() if pump.worker.token_id == self.worker.token_id
+        ]
         if valid:
-            self.pump.resume()
+            for pump in own:
+                pump.resume()
         else:
             log.error(
                 "auth.token_invalid",
                 why="SCRUM4ME_TOKEN was revoked or expired while running; claiming stopped. "
                 "Create a new token and restart with it.",
             )
-            self.pump.pause("token revoked or expired")
+            for pump in own:
+                pump.pause("token revoked or expired")

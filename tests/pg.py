@@ -1,7 +1,8 @@
 """Test support: find or start a PostgreSQL server and manage throwaway databases.
 
 Order: ``REACTOR_TEST_DSN``; else the local server on 127.0.0.1:5432 when it answers; else an
-embedded server started here (and deleted at the end of the session). Only this test-support
+embedded server started here (and deleted at the end of the session). ``REACTOR_TEST_EMBEDDED=1``
+skips the local server, to exercise the fresh-machine path. Only this test-support
 module and reactor/db.py import asyncpg: admin statements (CREATE/DROP DATABASE) need a
 plain connection outside the trio run.
 """
@@ -61,7 +62,8 @@ def find_server() -> PgServer:
     configured = os.environ.get("REACTOR_TEST_DSN")
     if configured:
         return PgServer(configured)
-    if _answers(LOCAL_DSN):
+    # REACTOR_TEST_EMBEDDED=1 forces what a machine without a local server does.
+    if os.environ.get("REACTOR_TEST_EMBEDDED") != "1" and _answers(LOCAL_DSN):
         return PgServer(LOCAL_DSN)
     return start_embedded_server()
 

@@ -239,3 +239,7 @@ LEFT JOIN pbis b ON b.id = s.pbi_id
 LEFT JOIN sprint_runs sr ON sr.id = j.sprint_run_id
 LEFT JOIN sprints sp ON sp.id = COALESCE(sr.sprint_id, t.sprint_id, s.sprint_id)
 WHERE j.id = $1
+
+-- name: status_of
+-- The current status of a job (after its agent exits: did it report already?).
+SELECT status::text AS status, claimed_by_token_id, worker_instance_id FROM claude_jobs WHERE id = $1

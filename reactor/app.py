@@ -1,0 +1,221 @@
+"""Composition root: open the database, authenticate, and run ``reactor run`` or ``reactor mcp``.
+
+One nursery owns every long-lived task; SIGTERM/SIGINT (and stdin EOF for ``mcp``) end it
+cleanly: stop claiming, let running agents finish within the grace period, unregister presence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+
+import trio
+import trio_asyncio
+
+from handlers.auth import AuthError, Worker, authenticate
+from handlers.errors import PermissionDenied
+from handlers.workspace import Workspace
+from reactor import embedded, http
+from reactor.agent import AgentSlots
+from reactor.config import ConfigError, Settings
+from reactor.db import Database
+from reactor.health import AgentStats
+from reactor.jobflow import CleanupService
+from reactor.logs import get_logger
+from reactor.mcp_tools import ToolHost, build_server
+from reactor.migrate import check_schema, migrate
+from reactor.runtime import Reactor
+from reactor.sqlfiles import query
+from reactor.tokens import TokenCache
+from reactor.web import HttpPresence, build_app_factory, http_worker_source
+
+log = get_logger("reactor.app")
+
+
+@dataclass(frozen=True)
+class Opened:
+    settings: Settings
+    db: Database
+    embedded: bool
+
+
+def check_import_order() -> None:
+    """Stack-wiring rule 1, verified at start-up rather than discovered as a hang."""
+    from anyio._backends import _asyncio as anyio_asyncio
+
+    if getattr(anyio_asyncio, "get_running_loop", None) is not asyncio.get_running_loop:
+        raise RuntimeError(
+            "anyio's asyncio backend was imported before trio_asyncio; import reactor (or "
+            "trio_asyncio) first. Under pytest, run with -p trio_asyncio."
+        )
+
+
+async def start_embedded(settings: Settings, *, database: str = embedded.APP_DATABASE) -> Settings:
+    """Start (or reuse) the embedded server; make sure the app database exists and is migrated."""
+    log.info("embedded.starting", data_dir=str(settings.data_dir), why="DATABASE_URL is not set")
+    server = await trio.to_thread.run_sync(embedded.start, settings.data_dir)
+    admin = await Database.connect(
+        server.dsn("postgres"), max_size=1, application_name="reactor-admin"
+    )
+    try:
+        if database == embedded.APP_DATABASE and not await admin.fetchval(
+            query("admin.database_exists"), database
+        ):
+            await admin.execute(query("admin.create_app_database"))
+    finally:
+        await admin.close()
+    dsn = server.dsn(database)
+    db = await Database.connect(dsn, max_size=2, application_name="reactor-migrate")
+    try:
+        await migrate(db, with_app_schema=True)
+    finally:
+        await db.close()
+    log.info("embedded.database", dsn=dsn, why="using the embedded default")
+    return settings.with_overrides(database_url=dsn)
+
+
+async def open_database(settings: Settings, *, role: str) -> Opened:
+    is_embedded = settings.database_url is None
+    if is_embedded:
+        settings = await start_embedded(settings)
+    settings.require_listen_url()  # refuse a pooler for LISTEN before anything starts
+    assert settings.database_url is not None
+    db = await Database.connect(
+        settings.database_url, max_size=settings.pool_size, application_name=f"reactor-{role}"
+    )
+    try:
+        await check_schema(db)
+    except BaseException:
+        await db.close()
+        raise
+    return Opened(settings, db, is_embedded)
+
+
+async def authenticate_token(db: Database, settings: Settings, role: str) -> Worker:
+    worker = await authenticate(
+        db, settings.require_token(), settings.instance_for(role), source="SCRUM4ME_TOKEN"
+    )
+    if worker.is_demo:
+        raise AuthError(
+            "SCRUM4ME_TOKEN belongs to a demo account, which cannot claim jobs.", "demo"
+        )
+    return worker
+
+
+@dataclass
+class Daemon:
+    """A running daemon: what the demo and the tests look at, and how to stop it."""
+
+    reactor: Reactor
+    slots: AgentSlots | None
+    port: int
+    stats: AgentStats
+    stop: trio.Event
+
+
+async def run_daemon(settings: Settings) -> None:
+    check_import_order()
+    async with trio_asyncio.open_loop():
+        opened = await open_database(settings, role="daemon")
+        try:
+            async with trio.open_nursery() as nursery:
+                daemon: Daemon = await nursery.start(serve_daemon, opened.settings, opened.db)
+                signum = await _wait_for_signal()
+                log.info(
+                    "daemon.stopping", signal=signal.Signals(signum).name, why="shutdown requested"
+                )
+                daemon.stop.set()
+        finally:
+            await opened.db.close()
+
+
+async def serve_daemon(
+    settings: Settings,
+    db: Database,
+    *,
+    task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listener, pump, agent slots, HTTP; returns after ``stop`` is set and shutdown is done."""
+    worker = await authenticate_token(db, settings, "reactor")
+    sock = http.bind(settings.http_host, settings.http_port)
+    ws = Workspace.from_settings(settings)
+    reactor = Reactor(settings, db, worker, role="daemon")
+    CleanupService(reactor, ws)
+    stats = AgentStats()
+    tokens = TokenCache(db)
+    people = HttpPresence(reactor)
+    server = build_server(ToolHost(reactor, ws, http_worker_source(tokens)))
+    factory = build_app_factory(reactor, server, stats, tokens, people)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reactor.run)
+        slots = None
+        if settings.agent_command:
+            slots = AgentSlots(reactor, ws, settings.agent_command, stats)
+            reactor.pump.add(slots)
+        nursery.start_soon(people.run)
+        port = await nursery.start(http.serve, factory, sock)
+        log.info(
+            "daemon.ready",
+            port=port,
+            concurrency=settings.concurrency if slots else 0,
+            why="serving /health, /metrics and /mcp"
+            + (
+                "; launching the agent for each claimed job"
+                if slots
+                else "; MCP clients do the work"
+            ),
+        )
+        daemon = Daemon(reactor, slots, port, stats, trio.Event())
+        task_status.started(daemon)
+        await daemon.stop.wait()
+        reactor.pump.pause("shutting down")
+        if slots is not None:
+            await slots.drain()
+        nursery.cancel_scope.cancel()
+
+
+async def run_mcp_stdio(settings: Settings, *, launched_for_job: str | None) -> None:
+    check_import_order()
+    async with trio_asyncio.open_loop():
+        opened = await open_database(settings, role="mcp")
+        try:
+            await _serve_stdio(opened.settings, opened.db, launched_for_job)
+        finally:
+            await opened.db.close()
+
+
+async def _serve_stdio(settings: Settings, db: Database, launched_for_job: str | None) -> None:
+    worker = await authenticate_token(db, settings, "mcp")
+    ws = Workspace.from_settings(settings)
+    # Launched by `reactor run` for one job: the daemon already represents this worker.
+    reactor = Reactor(settings, db, worker, role="mcp", register_presence=launched_for_job is None)
+    CleanupService(reactor, ws)
+
+    async def fixed_worker(_ctx: object) -> Worker:
+        if not reactor.state.token_valid:
+            raise PermissionDenied(
+                "SCRUM4ME_TOKEN was revoked or expired while running; create a new token and "
+                "restart with it."
+            )
+        return worker
+
+    server = build_server(ToolHost(reactor, ws, fixed_worker))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reactor.run)
+
+        async def stop_on_signal() -> None:
+            await _wait_for_signal()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(stop_on_signal)
+        await server.run_stdio_async()  # returns at stdin EOF: Claude Code went away
+        log.info("mcp.stdin_closed", why="the client closed stdin; stopping")
+        nursery.cancel_scope.cancel()
+
+
+async def _wait_for_signal() -> int:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            return int(signum)
+    raise ConfigError("signal receiver closed")  # pragma: no cover - the loop always returns
