@@ -49,23 +49,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure(_log_level(args, settings), settings.log_format)
         code: int = trio.run(args.handler, args, settings)
         return code
-    except (ConfigError, HttpBindError, validate.InvalidInput) as exc:
-        return _fail(EXIT_USAGE, str(exc))
-    except AuthError as exc:
-        return _fail(EXIT_TOKEN, str(exc))
-    except (MigrationError, EmbeddedError) as exc:
-        return _fail(EXIT_DATABASE, str(exc))
-    except DatabaseUnavailable as exc:
-        return _fail(
-            EXIT_DATABASE,
-            f"cannot reach the database: {exc}. Check DATABASE_URL (and that the server runs).",
-        )
-    except DatabaseError as exc:
-        return _fail(EXIT_DATABASE, f"database error: {exc}")
-    except HandlerError as exc:
-        return _fail(EXIT_USAGE, str(exc))
-    except KeyboardInterrupt:
+    except BaseException as exc:  # the top-level handler: map to an exit code and a message
+        return _exit_for(_leaf(exc))
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The error that matters inside trio's exception groups (nurseries wrap what they raise)."""
+    while isinstance(exc, BaseExceptionGroup):
+        inner = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
+        if not inner:
+            break
+        exc = inner[0]
+    return exc
+
+
+_EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
+    ((ConfigError, HttpBindError, validate.InvalidInput, HandlerError), EXIT_USAGE),
+    ((AuthError,), EXIT_TOKEN),
+    ((MigrationError, EmbeddedError), EXIT_DATABASE),
+)
+
+
+def _exit_for(exc: BaseException) -> int:
+    if isinstance(exc, KeyboardInterrupt):
         return 130
+    if isinstance(exc, DatabaseUnavailable):
+        hint = "Check DATABASE_URL (and that the server runs)."
+        return _fail(EXIT_DATABASE, f"cannot reach the database: {exc}. {hint}")
+    if isinstance(exc, DatabaseError):
+        return _fail(EXIT_DATABASE, f"database error: {exc}")
+    for types, code in _EXIT_CODES:
+        if isinstance(exc, types):
+            return _fail(code, str(exc))
+    raise exc  # a bug: let the traceback show (exit status 1)
 
 
 def _fail(code: int, message: str) -> int:

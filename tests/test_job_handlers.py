@@ -248,7 +248,9 @@ async def test_status_guards_match_scrum4me_mcp(db: Database, tmp_path: Path) ->
         await refused(env.worker, "cnotajob00000000000000000", "running")
         == "Job cnotajob00000000000000000 not found"
     )
-    assert await refused(stranger_worker, jobs[0], "running") == f"Job {jobs[0]} not found"
+    assert await refused(stranger_worker, jobs[0], "running") == (
+        "PERMISSION_DENIED: This job was not claimed by your token"
+    )
     assert (await refused(env.worker, jobs[1], "done")).startswith("PERMISSION_DENIED: ")
     assert (await refused(env.worker, jobs[0], "skipped", error="short")).startswith(
         "VALIDATION_ERROR: error"
