@@ -154,6 +154,7 @@ async def serve_daemon(
             slots = AgentSlots(reactor, ws, settings.agent_command, stats)
             reactor.pump.add(slots)
         nursery.start_soon(people.run)
+        nursery.start_soon(people.unregister_at_exit)
         port = await nursery.start(http.serve, factory, sock)
         log.info(
             "daemon.ready",
@@ -169,7 +170,7 @@ async def serve_daemon(
         daemon = Daemon(reactor, slots, port, stats, trio.Event())
         task_status.started(daemon)
         await daemon.stop.wait()
-        reactor.pump.pause("shutting down")
+        reactor.pause_all("shutting down")
         if slots is not None:
             await slots.drain()
         nursery.cancel_scope.cancel()

@@ -8,6 +8,7 @@ is refused with a clear error: migrations are forward-only and never edited once
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -68,6 +69,8 @@ _APPLIED = query("migrations.applied")
 _RECORD = query("migrations.record")
 _EXISTING_TABLES = query("migrations.existing_tables")
 _MISSING_COLUMNS = query("migrations.missing_columns")
+_PRESENT_TRIGGERS = query("migrations.present_triggers")
+_TRIGGER_NAME = re.compile(r"CREATE OR REPLACE TRIGGER (\w+)")
 
 
 class MigrationError(Exception):
@@ -79,6 +82,7 @@ class MigrateReport:
     app_schema: str = "not requested"
     applied: list[str] = field(default_factory=list)
     already_applied: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
 
 
 Progress = Callable[[str], None]
@@ -108,7 +112,44 @@ async def migrate(
         (report.applied if applied else report.already_applied).append(label)
         say(f"{label}: {'applied' if applied else 'already applied'}")
         log.info("migrate.step", migration=label, applied=applied)
+    if target is None:
+        report.repaired = await _reinstall_lost_triggers(db)
+        for label in report.repaired:
+            say(f"{label}: triggers were missing, reinstalled")
     return report
+
+
+def expected_triggers(migrations: list[Migration] | None = None) -> dict[str, Migration]:
+    """Every trigger the migrations create, and the migration that creates it."""
+    found: dict[str, Migration] = {}
+    for migration in migrations or load_migrations():
+        for name in _TRIGGER_NAME.findall(migration.text):
+            found[name] = migration
+    return found
+
+
+async def missing_triggers(db: Database) -> dict[str, Migration]:
+    expected = expected_triggers()
+    present = {row["name"] for row in await db.fetch(_PRESENT_TRIGGERS, list(expected))}
+    return {name: migration for name, migration in expected.items() if name not in present}
+
+
+async def _reinstall_lost_triggers(db: Database) -> list[str]:
+    """Re-run (idempotent) migrations whose triggers vanished, e.g. after an app migration
+    dropped and recreated claude_jobs while reactor_migrations still lists them."""
+    missing = await missing_triggers(db)
+    labels = []
+    for migration in sorted(set(missing.values()), key=lambda m: m.version):
+        label = f"{migration.version:04d}_{migration.name}"
+
+        async def reapply(tx: Tx, migration: Migration = migration) -> None:
+            await tx.execute(_LOCK)
+            await tx.execute_script(migration.text)
+
+        await db.transaction(reapply)
+        log.warning("migrate.repaired", migration=label, why="its triggers were missing")
+        labels.append(label)
+    return labels
 
 
 async def check_schema(db: Database) -> None:
@@ -129,6 +170,13 @@ async def check_schema(db: Database) -> None:
     if pending:
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
         raise MigrationError(f"Reactor migrations not applied: {names}. Run `reactor migrate`.")
+    lost = await missing_triggers(db)
+    if lost:
+        raise MigrationError(
+            f"The reactor's triggers {', '.join(sorted(lost))} are missing (a table was "
+            "recreated?), so no job would wake the reactor. Run `reactor migrate` to reinstall "
+            "them."
+        )
 
 
 async def _applied_rows(db: Database) -> list[dict[str, object]]:

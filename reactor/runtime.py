@@ -127,6 +127,11 @@ class Reactor:
                 pump.pause("token revoked or expired")
         return pump
 
+    def pause_all(self, reason: str) -> None:
+        """Stop every pump claiming (shutdown): the daemon's and the HTTP callers'."""
+        for pump in self._pumps.values():
+            pump.pause(reason)
+
     def _wake_user(self, user_id: str, why: str) -> None:
         for pump in self._pumps.values():
             if pump.worker.user_id == user_id:

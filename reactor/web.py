@@ -75,6 +75,18 @@ class HttpPresence:
             self._active[key] -= 1
             self._seen[key] = trio.current_time()
 
+    async def unregister_at_exit(self) -> None:
+        """Wait for cancellation (shutdown), then remove the HTTP callers' presence rows."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                for key in list(self._registered):
+                    try:
+                        await presence.unregister(self._reactor.db, self._workers[key])
+                    except DatabaseError as exc:
+                        log.warning("presence.http_unregister_failed", why=str(exc))
+
     async def run(self) -> None:
         while True:
             with trio.move_on_after(self._reactor.settings.presence_seconds):

@@ -157,3 +157,15 @@ async def test_fresh_install_equals_step_by_step_upgrade(
     finally:
         for name in names:
             pg_server.drop_database(name)
+
+
+async def test_lost_triggers_are_reported_at_start_and_reinstalled_by_migrate(db: Database) -> None:
+    # An app migration that recreates claude_jobs drops our triggers but not our ledger.
+    await db.execute(sql("DROP TRIGGER reactor_job_enqueued_insert_v1 ON claude_jobs"))
+    with pytest.raises(MigrationError, match="reactor_job_enqueued_insert_v1 are missing"):
+        await check_schema(db)
+    report = await migrate(db)
+    assert report.repaired == ["0001_job_notify_triggers"]
+    assert report.applied == []
+    await check_schema(db)
+    assert (await migrate(db)).repaired == []

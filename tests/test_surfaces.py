@@ -176,10 +176,10 @@ async def test_mcp_over_http_serves_every_tool(db: Database, dsn: str, tmp_path:
         )
         assert (done["status"], done["next_action"]) == ("done", "queue_empty")
         assert structured(await client.call_tool("cleanup_my_worktrees", {}))["removed"] == []
-    presence = await db.fetchval(
-        sql("SELECT count(*) FROM claude_workers WHERE instance_id = $1"), f"http-{world.token_id}"
-    )
-    assert presence == 1  # the HTTP caller is a visible worker
+        presence = sql("SELECT count(*) FROM claude_workers WHERE instance_id = $1")
+        assert await db.fetchval(presence, f"http-{world.token_id}") == 1  # a visible worker
+    # Shutting the daemon down removes its HTTP callers' presence rows too.
+    assert await db.fetchval(presence, f"http-{world.token_id}") == 0
 
 
 async def test_bad_inputs_get_the_right_prefix_and_change_nothing(

@@ -39,3 +39,7 @@ WHERE NOT EXISTS (
       AND c.table_name = want.table_name AND c.column_name = want.column_name
 )
 ORDER BY 1, 2
+
+-- name: present_triggers
+-- Which of the reactor's triggers exist (a table recreated by an app migration loses them).
+SELECT t.tgname AS name FROM pg_trigger t WHERE NOT t.tgisinternal AND t.tgname = ANY($1::text[])
