@@ -10,40 +10,49 @@
 -- $1 user_id, $2 token_id, $3 instance_id, $4 product_id or NULL, $5 kinds, $6 lease seconds,
 -- $7 how many (the consumer's free slots), $8 job ids this process is cooling down (jobs it
 -- just failed to prepare, e.g. no repo root: not retried in a hot loop).
--- A batch never holds two jobs of one story: a later sibling is blocked by the QUEUED head
--- it sees in the same snapshot.
 -- Eligible: the user's, QUEUED, runtime CLAUDE, a configured kind, the product if given;
 -- a sprint-run job needs its run QUEUED/RUNNING and no earlier sprint_sequence still active;
--- per-story order: no older job of the same kind in the same story is still active.
+-- per-story order: no older job of the same kind in the same story is still active (a batch
+-- never holds two jobs of one story: a later sibling sees the QUEUED head in the snapshot).
+-- Shape: the cheap filters and the sort run in a fenced subquery over claude_jobs alone
+-- (OFFSET 0 keeps it from being flattened); the story and sequence rules are anti-joins
+-- above it, tested row by row in claim order and only until the LIMIT is reached, so a
+-- claim costs the same with 10 or 10,000 jobs queued. FOR UPDATE applies to the subquery's
+-- only table, claude_jobs: tasks and sprint_runs rows are never locked.
 WITH candidate AS (
-    SELECT cj.id, t.implementation_plan
-    FROM claude_jobs cj
-    LEFT JOIN tasks t ON t.id = cj.task_id
-    LEFT JOIN sprint_runs sr ON sr.id = cj.sprint_run_id
-    WHERE cj.user_id = $1
-      AND cj.status = 'QUEUED'
-      AND cj.runtime = 'CLAUDE'
-      AND cj.kind::text = ANY($5::text[])
-      AND ($4::text IS NULL OR cj.product_id = $4::text)
-      AND NOT (cj.id = ANY($8::text[]))
-      AND (cj.sprint_run_id IS NULL OR sr.status IN ('QUEUED', 'RUNNING'))
-      AND (cj.kind <> 'TASK_IMPLEMENTATION' OR cj.sprint_run_id IS NULL
-           OR cj.sprint_sequence IS NULL OR NOT EXISTS (
+    SELECT ordered.id
+    FROM (
+        SELECT cj.id, cj.kind, cj.task_id, cj.created_at, cj.sprint_run_id, cj.sprint_sequence
+        FROM claude_jobs cj
+        WHERE cj.user_id = $1
+          AND cj.status = 'QUEUED'
+          AND cj.runtime = 'CLAUDE'
+          AND cj.kind::text = ANY($5::text[])
+          AND ($4::text IS NULL OR cj.product_id = $4::text)
+          AND NOT (cj.id = ANY($8::text[]))
+          AND (cj.sprint_run_id IS NULL OR EXISTS (
+                   SELECT 1 FROM sprint_runs sr
+                   WHERE sr.id = cj.sprint_run_id AND sr.status IN ('QUEUED', 'RUNNING')))
+        ORDER BY cj.created_at, COALESCE(cj.sprint_sequence, 2147483647), cj.id
+        OFFSET 0
+    ) ordered
+    WHERE (ordered.kind <> 'TASK_IMPLEMENTATION' OR ordered.sprint_run_id IS NULL
+           OR ordered.sprint_sequence IS NULL OR NOT EXISTS (
                SELECT 1 FROM claude_jobs earlier
-               WHERE earlier.sprint_run_id = cj.sprint_run_id
+               WHERE earlier.sprint_run_id = ordered.sprint_run_id
                  AND earlier.kind = 'TASK_IMPLEMENTATION'
-                 AND earlier.sprint_sequence < cj.sprint_sequence
+                 AND earlier.sprint_sequence < ordered.sprint_sequence
                  AND earlier.status IN ('QUEUED', 'CLAIMED', 'RUNNING')))
-      AND (t.story_id IS NULL OR NOT EXISTS (
-               SELECT 1 FROM tasks sibling_task
+      AND (ordered.task_id IS NULL OR NOT EXISTS (
+               SELECT 1 FROM tasks own_task
+               JOIN tasks sibling_task ON sibling_task.story_id = own_task.story_id
                JOIN claude_jobs older ON older.task_id = sibling_task.id
-               WHERE sibling_task.story_id = t.story_id
-                 AND older.kind = cj.kind
+               WHERE own_task.id = ordered.task_id
+                 AND older.kind = ordered.kind
                  AND older.status IN ('QUEUED', 'CLAIMED', 'RUNNING')
-                 AND (older.created_at, older.id) < (cj.created_at, cj.id)))
-    ORDER BY cj.created_at, COALESCE(cj.sprint_sequence, 2147483647), cj.id
+                 AND (older.created_at, older.id) < (ordered.created_at, ordered.id)))
     LIMIT $7::int
-    FOR UPDATE OF cj SKIP LOCKED
+    FOR UPDATE OF ordered SKIP LOCKED
 ),
 claimed AS (
     UPDATE claude_jobs j
@@ -51,7 +60,7 @@ claimed AS (
         claimed_by_token_id = $2,
         claimed_at = now(),
         worker_instance_id = $3,
-        plan_snapshot = COALESCE(c.implementation_plan, ''),
+        plan_snapshot = COALESCE((SELECT t.implementation_plan FROM tasks t WHERE t.id = j.task_id), ''),
         lease_until = now() + make_interval(secs => $6::int),
         updated_at = now()
     FROM candidate c
