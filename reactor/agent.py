@@ -20,6 +20,7 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import trio
 
@@ -31,7 +32,7 @@ from handlers.worktree import WorktreeUnavailable
 from reactor.db import DatabaseError
 from reactor.events import JobStatusChanged
 from reactor.health import AgentStats
-from reactor.jobflow import prepare_job
+from reactor.jobflow import CleanupService, prepare_job
 from reactor.logs import get_logger
 from reactor.runtime import Reactor
 from reactor.sqlfiles import query
@@ -57,8 +58,16 @@ class AgentSlots:
     name = "agent"
     product_id: str | None = None
 
-    def __init__(self, reactor: Reactor, ws: Workspace, command: str, stats: AgentStats) -> None:
+    def __init__(
+        self,
+        reactor: Reactor,
+        ws: Workspace,
+        command: str,
+        stats: AgentStats,
+        cleanup: CleanupService | None = None,
+    ) -> None:
         self._reactor = reactor
+        self._cleanup = cleanup
         self._ws = ws
         self._command = command
         self._stats = stats
@@ -89,11 +98,15 @@ class AgentSlots:
             "agent.draining", running=list(self._runs), grace_s=grace, why="shutdown requested"
         )
         with trio.move_on_after(grace):
-            await self._idle.wait()
+            await self._wait_idle()
         for run in list(self._runs.values()):
             run.stop_reason = "shutdown"
             run.cancel_scope.cancel()
         with trio.move_on_after(KILL_AFTER_SECONDS + 5):
+            await self._wait_idle()
+
+    async def _wait_idle(self) -> None:
+        while self._runs:
             await self._idle.wait()
 
     async def _run_job(self, run: _Run) -> None:
@@ -111,7 +124,11 @@ class AgentSlots:
                     await rollback_claim(
                         self._reactor.db, self._reactor.worker, job.id, reason="shutdown"
                     )
-            self._ws.in_use.discard(job.id)
+            if job.id in self._ws.in_use:
+                self._ws.in_use.discard(job.id)
+                if self._cleanup is not None:
+                    # Cleanup skipped this worktree while the agent still worked in it.
+                    self._reactor.nursery.start_soon(self._cleanup.after_release, job.id)
             del self._runs[job.id]
             self._stats.running = len(self._runs)
             if not self._runs:
@@ -170,12 +187,18 @@ class AgentSlots:
         log.info("agent.started", job_id=job.id, pid=process.pid, cwd=str(cwd), log=output.name)
         try:
             async with trio.open_nursery() as nursery:
+                copied = trio.Event()
                 nursery.start_soon(self._keep_lease, run, nursery.cancel_scope)
-                nursery.start_soon(self._copy_stderr, process, output, tail)
+                nursery.start_soon(self._copy_stderr, process, output, tail, copied)
                 with trio.move_on_after(self._settings.agent_timeout_seconds) as deadline:
                     await process.wait()
                 if deadline.cancelled_caught:
                     run.stop_reason = "timeout"
+                else:
+                    # Let the copier drain what is still in the pipe (bounded: a background
+                    # child of the agent may hold the pipe open).
+                    with trio.move_on_after(2):
+                        await copied.wait()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -210,18 +233,21 @@ class AgentSlots:
 
     @staticmethod
     async def _copy_stderr(
-        process: trio.Process, output: object, tail: collections.deque[str]
+        process: trio.Process, output: BinaryIO, tail: collections.deque[str], copied: trio.Event
     ) -> None:
         assert process.stderr is not None
         pending = b""
-        async for chunk in process.stderr:
-            output.write(chunk)  # type: ignore[attr-defined]
-            output.flush()  # type: ignore[attr-defined]
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            tail.extend(line.decode("utf-8", "replace") + "\n" for line in lines)
-        if pending:
-            tail.append(pending.decode("utf-8", "replace"))
+        try:
+            async for chunk in process.stderr:
+                output.write(chunk)
+                output.flush()
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                tail.extend(line.decode("utf-8", "replace") + "\n" for line in lines)
+            if pending:
+                tail.append(pending.decode("utf-8", "replace"))
+        finally:
+            copied.set()
 
     @staticmethod
     async def _stop(process: trio.Process) -> None:
@@ -280,7 +306,7 @@ class AgentSlots:
 
     async def _on_status_changed(self, event: JobStatusChanged) -> None:
         run = self._runs.get(event.job_id)
-        if run is not None and event.new_status == "CANCELLED" and run.process is not None:
+        if run is not None and event.new_status == "CANCELLED":
             log.info(
                 "agent.cancelled",
                 job_id=event.job_id,

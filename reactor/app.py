@@ -141,7 +141,7 @@ async def serve_daemon(
     sock = http.bind(settings.http_host, settings.http_port)
     ws = Workspace.from_settings(settings)
     reactor = Reactor(settings, db, worker, role="daemon")
-    CleanupService(reactor, ws)
+    cleanup = CleanupService(reactor, ws)
     stats = AgentStats()
     tokens = TokenCache(db)
     people = HttpPresence(reactor)
@@ -151,7 +151,7 @@ async def serve_daemon(
         await nursery.start(reactor.run)
         slots = None
         if settings.agent_command:
-            slots = AgentSlots(reactor, ws, settings.agent_command, stats)
+            slots = AgentSlots(reactor, ws, settings.agent_command, stats, cleanup)
             reactor.pump.add(slots)
         nursery.start_soon(people.run)
         nursery.start_soon(people.unregister_at_exit)

@@ -73,6 +73,12 @@ class CleanupService:
         if story_id is not None:
             self.schedule(story_id, why=f"job {event.job_id} became {event.new_status}")
 
+    async def after_release(self, job_id: str) -> None:
+        """An agent left this job's worktree: clean up now if its story has finished."""
+        story_id = await self._reactor.db.fetchval(_STORY_OF_JOB, job_id)
+        if story_id is not None:
+            self.schedule(story_id, why=f"the agent of job {job_id} exited")
+
     def schedule(self, story_id: str, *, why: str) -> None:
         if story_id in self._pending:
             return
