@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import trio
@@ -18,7 +19,7 @@ from handlers.errors import PermissionDenied
 from handlers.workspace import Workspace
 from reactor import embedded, http
 from reactor.agent import AgentSlots
-from reactor.config import ConfigError, Settings
+from reactor.config import Settings
 from reactor.db import Database
 from reactor.health import AgentStats
 from reactor.jobflow import CleanupService
@@ -112,22 +113,43 @@ class Daemon:
     port: int
     stats: AgentStats
     stop: trio.Event
+    stopped: trio.Event
 
 
 async def run_daemon(settings: Settings) -> None:
     check_import_order()
-    async with trio_asyncio.open_loop():
-        opened = await open_database(settings, role="daemon")
-        try:
-            async with trio.open_nursery() as nursery:
-                daemon: Daemon = await nursery.start(serve_daemon, opened.settings, opened.db)
-                signum = await _wait_for_signal()
-                log.info(
-                    "daemon.stopping", signal=signal.Signals(signum).name, why="shutdown requested"
-                )
-                daemon.stop.set()
-        finally:
-            await opened.db.close()
+    # Signals are taken over before anything starts: a SIGTERM during start-up (docker stop
+    # right after the container turned healthy) must shut down in order, not kill the process
+    # with its presence row left behind.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            running: list[Daemon] = []
+            nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, running)
+            opened = await open_database(settings, role="daemon")
+            try:
+                running.append(await nursery.start(serve_daemon, opened.settings, opened.db))
+                await running[0].stopped.wait()
+                nursery.cancel_scope.cancel()
+            finally:
+                await opened.db.close()
+
+
+async def _stop_on_signal(
+    signals: AsyncIterator[int], startup: trio.CancelScope, running: list[Daemon]
+) -> None:
+    """First signal: a graceful stop once running, or abandon start-up before that."""
+    async for signum in signals:
+        started = bool(running)
+        log.info(
+            "daemon.stopping",
+            signal=signal.Signals(signum).name,
+            why="shutdown requested" + ("" if started else " during start-up"),
+        )
+        if started:
+            running[0].stop.set()
+        else:
+            startup.cancel()
+        return
 
 
 async def serve_daemon(
@@ -167,23 +189,34 @@ async def serve_daemon(
                 else "; MCP clients do the work"
             ),
         )
-        daemon = Daemon(reactor, slots, port, stats, trio.Event())
+        daemon = Daemon(reactor, slots, port, stats, trio.Event(), trio.Event())
         task_status.started(daemon)
         await daemon.stop.wait()
         reactor.pause_all("shutting down")
         if slots is not None:
             await slots.drain()
         nursery.cancel_scope.cancel()
+    daemon.stopped.set()
 
 
 async def run_mcp_stdio(settings: Settings, *, launched_for_job: str | None) -> None:
     check_import_order()
-    async with trio_asyncio.open_loop():
-        opened = await open_database(settings, role="mcp")
-        try:
-            await _serve_stdio(opened.settings, opened.db, launched_for_job)
-        finally:
-            await opened.db.close()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_signal, signals, nursery.cancel_scope)
+            opened = await open_database(settings, role="mcp")
+            try:
+                await _serve_stdio(opened.settings, opened.db, launched_for_job)
+            finally:
+                await opened.db.close()
+            nursery.cancel_scope.cancel()
+
+
+async def _cancel_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        log.info("mcp.stopping", signal=signal.Signals(signum).name, why="shutdown requested")
+        scope.cancel()
+        return
 
 
 async def _serve_stdio(settings: Settings, db: Database, launched_for_job: str | None) -> None:
@@ -204,19 +237,6 @@ async def _serve_stdio(settings: Settings, db: Database, launched_for_job: str |
     server = build_server(ToolHost(reactor, ws, fixed_worker))
     async with trio.open_nursery() as nursery:
         await nursery.start(reactor.run)
-
-        async def stop_on_signal() -> None:
-            await _wait_for_signal()
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(stop_on_signal)
         await server.run_stdio_async()  # returns at stdin EOF: Claude Code went away
         log.info("mcp.stdin_closed", why="the client closed stdin; stopping")
         nursery.cancel_scope.cancel()
-
-
-async def _wait_for_signal() -> int:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            return int(signum)
-    raise ConfigError("signal receiver closed")  # pragma: no cover - the loop always returns
