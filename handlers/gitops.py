@@ -146,6 +146,26 @@ def create_worktree(
     validate.branch_name(branch)
     repo_root, worktree_dir = Path(os.path.abspath(repo_root)), Path(os.path.abspath(worktree_dir))
     path = worktree_dir / job_id
+    try:
+        return _create_locked(
+            repo_root, worktree_dir, path, branch, reuse_branch, link_node_modules
+        )
+    except OSError as exc:
+        # The lock file and the directory itself: a file in the way, a read-only or full disk.
+        raise GitError(
+            f"Cannot create worktrees under {worktree_dir}: {exc.strerror or exc}. Check that "
+            "SCRUM4ME_AGENT_WORKTREE_DIR points at a writable directory with free space."
+        ) from exc
+
+
+def _create_locked(
+    repo_root: Path,
+    worktree_dir: Path,
+    path: Path,
+    branch: str,
+    reuse_branch: bool,
+    link_node_modules: bool,
+) -> WorktreeInfo:
     with repo_lock(worktree_dir, repo_root), open_repo(repo_root) as repo:
         if os.path.lexists(path):
             raise GitError(
@@ -156,14 +176,19 @@ def create_worktree(
         base_ref = default_ref(repo)
         run(repo, "worktree", "prune")  # forget worktrees whose directory was deleted by hand
         removed = _evict_stale_holders(repo, branch, worktree_dir)
+        plan: _Plan | None = None
+        created_branch = False
         try:
             plan = _plan_checkout(repo, path, branch, base_ref, reuse_branch)
+            created_branch = "-b" in plan.add_args and local_tip(repo, plan.branch) is None
             run(repo, "worktree", "add", *plan.add_args)
             if link_node_modules:
                 gitrefs.link_node_modules(repo_root, path)
             sha = head_sha(path)
         except Exception as exc:
             _discard_half_made(repo, path)
+            if plan is not None and created_branch:
+                _drop_new_branch(repo, plan.branch)
             if isinstance(exc, GitError):
                 raise
             raise GitError(f"Worktree creation failed for {path}: {exc}") from exc
@@ -230,6 +255,15 @@ def _fresh_branch_beside(repo: git.Repo, path: Path, branch: str, base_ref: str)
         why="local branch has commits origin lacks; it is kept untouched",
     )
     return _Plan(renamed, ("-b", renamed, "--no-track", str(path), base_ref), reused=False)
+
+
+def _drop_new_branch(repo: git.Repo, branch: str) -> None:
+    """`worktree add -b` may create the branch before failing; a retry must find it absent.
+    Only called for a branch this call created, so no commit of anyone's can be on it."""
+    try:
+        run(repo, "branch", "-D", branch)
+    except GitError:
+        log.warning("gitops.branch_cleanup_failed", branch=branch)
 
 
 def _discard_half_made(repo: git.Repo, path: Path) -> None:

@@ -76,7 +76,7 @@ async def attach_worktree(
             reuse_branch=reused,
             repo=root.path,
         )
-    except (gitops.GitError, validate.InvalidInput) as exc:
+    except (gitops.GitError, validate.InvalidInput, OSError) as exc:
         await _give_back(db, worker, job_id, "worktree failed")
         metrics.WORKTREES.labels("create", "failed").inc()
         raise WorktreeUnavailable(

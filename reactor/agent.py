@@ -118,11 +118,16 @@ class AgentSlots:
             pass  # already given back and logged, with a cool-down
         except (HandlerError, DatabaseError) as exc:
             log.error("agent.job_failed", job_id=job.id, why=str(exc))
+        except Exception:
+            # One job's unexpected error must not take the daemon (and its other agents)
+            # down: log it and give the claim back so it is retried.
+            log.exception("agent.job_crashed", job_id=job.id)
+            run.stop_reason = run.stop_reason or "crashed"
         finally:
-            if run.stop_reason == "shutdown":
+            if run.stop_reason in ("shutdown", "crashed"):
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await rollback_claim(
-                        self._reactor.db, self._reactor.worker, job.id, reason="shutdown"
+                        self._reactor.db, self._reactor.worker, job.id, reason=run.stop_reason
                     )
             if job.id in self._ws.in_use:
                 self._ws.in_use.discard(job.id)
@@ -138,7 +143,7 @@ class AgentSlots:
 
     async def _work(self, run: _Run) -> None:
         job = run.job
-        context = await prepare_job(self._reactor, self._ws, job)
+        context = await prepare_job(self._reactor, self._ws, self._reactor.worker, job)
         worktree = context.get("worktree_path")
         if worktree:
             self._ws.in_use.add(job.id)

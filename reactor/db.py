@@ -39,6 +39,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.ConnectionDoesNotExistError,
+    # "cannot switch to state ...; another operation is in progress": asyncpg's protocol
+    # state after the server went away mid-query (MagicStack/asyncpg#1069).
+    asyncpg.InternalClientError,
 )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from reactor import metrics
-from reactor.events import Event, MalformedPayload, parse
+from reactor.events import Event, parse
 from reactor.logs import get_logger
 
 log = get_logger("reactor.dispatch")
@@ -66,7 +66,7 @@ class Dispatcher:
             return
         try:
             event = parse(channel, payload)
-        except MalformedPayload as exc:
+        except Exception as exc:  # anyone who can NOTIFY can send anything: never fatal
             metrics.NOTIFICATIONS_DROPPED.labels("malformed").inc()
             log.warning(
                 "dispatch.payload_dropped", channel=channel, why=str(exc), size=len(payload)

@@ -91,7 +91,7 @@ def parse(channel: str, payload: str) -> Event | None:
 def _json_object(payload: str) -> dict[str, Any]:
     try:
         data = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested input exhausts the parser's stack
         raise MalformedPayload("payload is not JSON") from None
     if not isinstance(data, dict):
         raise MalformedPayload("payload is not a JSON object")

@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from handlers.auth import Worker
 from handlers.claim import ClaimedJob
 from handlers.cleanup import catch_up, cleanup_story
 from handlers.context import job_context
@@ -26,19 +27,23 @@ log = get_logger("reactor.jobflow")
 _STORY_OF_JOB = query("cleanup.story_of_job")
 
 
-async def prepare_job(reactor: Reactor, ws: Workspace, job: ClaimedJob) -> dict[str, Any]:
+async def prepare_job(
+    reactor: Reactor, ws: Workspace, worker: Worker, job: ClaimedJob
+) -> dict[str, Any]:
     """The job's context, with its worktree made ready when the kind needs one.
 
-    Raises WorktreeUnavailable after giving the claim back; the job then cools down in this
-    process so it is not claimed again in a hot loop.
+    ``worker`` is who claimed it (the daemon, or an MCP-over-HTTP caller with its own token
+    and instance). Raises WorktreeUnavailable after giving the claim back; the job then cools
+    down in that caller's pump so it is not claimed again in a hot loop.
     """
+    pump = reactor.pump_for(worker)
     try:
-        ready = await attach_worktree(reactor.db, ws, reactor.worker, job.id)
+        ready = await attach_worktree(reactor.db, ws, worker, job.id)
     except WorktreeUnavailable as exc:
-        delay = reactor.pump.cool_down(job.id, transient=exc.transient)
+        delay = pump.cool_down(job.id, transient=exc.transient)
         log.warning("job.prepare_failed", job_id=job.id, retry_in_s=round(delay), why=str(exc))
         raise
-    reactor.pump.forgive(job.id)
+    pump.forgive(job.id)
     context = await job_context(reactor.db, job.id)
     assert context is not None
     if ready is not None:

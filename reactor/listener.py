@@ -145,6 +145,10 @@ class Listener:
             except (_SessionLost, DatabaseError, OSError) as exc:
                 reason = str(exc) or type(exc).__name__
                 self._mark_unhealthy(reason)
+            except Exception as exc:
+                # Last resort: an unexpected error rebuilds the session instead of ending LISTEN.
+                log.exception("listener.crashed")
+                self._mark_unhealthy(f"unexpected {type(exc).__name__}: {exc}")
             finally:
                 self._drop_session()
             delay = _backoff(attempt)

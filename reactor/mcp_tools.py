@@ -138,7 +138,7 @@ class ToolHost:
         if job is None:
             return {"status": "timeout", "message": "No job available within wait window"}
         try:
-            return await prepare_job(self.reactor, self.ws, job)
+            return await prepare_job(self.reactor, self.ws, worker, job)
         except HandlerError:
             raise
         except BaseException:
@@ -173,7 +173,10 @@ def build_server(host: ToolHost) -> ReactorMCP:
             ),
         ] = None,
         wait_seconds: Annotated[
-            int, Field(ge=1, le=600, description="How long to wait for a job, 1-600 seconds.")
+            int,
+            Field(
+                strict=True, ge=1, le=600, description="How long to wait for a job, 1-600 seconds."
+            ),
         ] = 300,
         capability: Annotated[
             Literal["HIGH_P", "MEDIUM_P", "LOW_P"] | None,
@@ -216,11 +219,13 @@ def build_server(host: ToolHost) -> ReactorMCP:
             ),
         ] = None,
         model_id: Annotated[str | None, Field(max_length=200)] = None,
-        input_tokens: Annotated[int | None, Field(ge=0, le=2**31 - 1)] = None,
-        output_tokens: Annotated[int | None, Field(ge=0, le=2**31 - 1)] = None,
-        cache_read_tokens: Annotated[int | None, Field(ge=0, le=2**31 - 1)] = None,
-        cache_write_tokens: Annotated[int | None, Field(ge=0, le=2**31 - 1)] = None,
-        actual_thinking_tokens: Annotated[int | None, Field(ge=0, le=2**31 - 1)] = None,
+        input_tokens: Annotated[int | None, Field(strict=True, ge=0, le=2**31 - 1)] = None,
+        output_tokens: Annotated[int | None, Field(strict=True, ge=0, le=2**31 - 1)] = None,
+        cache_read_tokens: Annotated[int | None, Field(strict=True, ge=0, le=2**31 - 1)] = None,
+        cache_write_tokens: Annotated[int | None, Field(strict=True, ge=0, le=2**31 - 1)] = None,
+        actual_thinking_tokens: Annotated[
+            int | None, Field(strict=True, ge=0, le=2**31 - 1)
+        ] = None,
     ) -> CallToolResult:
         report = StatusReport(
             job_id, status, branch, summary, error, model_id, input_tokens, output_tokens,

@@ -139,6 +139,9 @@ class ClaimPump:
             except DatabaseError as exc:
                 # The sweep (or the next notification) will try again once the DB is back.
                 log.warning("pump.pass_failed", why=str(exc))
+            except Exception:
+                # Last resort: one odd error must not end claiming for this process.
+                log.exception("pump.pass_crashed")
             finally:
                 self._in_pass = False
                 self._progress.set()

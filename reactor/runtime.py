@@ -211,6 +211,9 @@ class Reactor:
         except DatabaseError as exc:
             log.warning("sweep.failed", reason=reason, why=str(exc))
             return None
+        except Exception:
+            log.exception("sweep.crashed", reason=reason)  # last resort: the next sweep retries
+            return None
         self.state.last_sweep_at = time.time()
         for pump in self._pumps.values():
             pump.wake(f"sweep ({reason})")

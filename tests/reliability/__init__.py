@@ -1,0 +1,1 @@
+"""Reliability tests: real PostgreSQL, real processes, real git, under failure."""
