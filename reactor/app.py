@@ -52,28 +52,40 @@ def check_import_order() -> None:
         )
 
 
-async def start_embedded(settings: Settings, *, database: str = embedded.APP_DATABASE) -> Settings:
-    """Start (or reuse) the embedded server; make sure the app database exists and is migrated."""
+async def start_embedded(settings: Settings) -> Settings:
+    """Start (or reuse) the embedded server and point the settings at its migrated database."""
     log.info("embedded.starting", data_dir=str(settings.data_dir), why="DATABASE_URL is not set")
+    dsn = await embedded_database(settings, demo=False)
+    log.info("embedded.database", dsn=dsn, why="using the embedded default")
+    return settings.with_overrides(database_url=dsn)
+
+
+async def embedded_database(settings: Settings, *, demo: bool) -> str:
+    """A migrated database (with the app schema) on the embedded server; returns its DSN.
+
+    ``demo`` uses the demo's own database, dropped and created fresh every time; otherwise
+    the app database, created once and then reused.
+    """
     server = await trio.to_thread.run_sync(embedded.start, settings.data_dir)
+    name = embedded.DEMO_DATABASE if demo else embedded.APP_DATABASE
     admin = await Database.connect(
         server.dsn("postgres"), max_size=1, application_name="reactor-admin"
     )
     try:
-        if database == embedded.APP_DATABASE and not await admin.fetchval(
-            query("admin.database_exists"), database
-        ):
+        if demo:
+            await admin.execute(query("admin.drop_demo_database"))
+            await admin.execute(query("admin.create_demo_database"))
+        elif not await admin.fetchval(query("admin.database_exists"), name):
             await admin.execute(query("admin.create_app_database"))
     finally:
         await admin.close()
-    dsn = server.dsn(database)
+    dsn = server.dsn(name)
     db = await Database.connect(dsn, max_size=2, application_name="reactor-migrate")
     try:
         await migrate(db, with_app_schema=True)
     finally:
         await db.close()
-    log.info("embedded.database", dsn=dsn, why="using the embedded default")
-    return settings.with_overrides(database_url=dsn)
+    return dsn
 
 
 async def open_database(settings: Settings, *, role: str) -> Opened:

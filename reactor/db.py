@@ -174,12 +174,17 @@ class Database:
             raise
 
     async def _call(self, method: Callable[..., Awaitable[T]], q: Query, args: Sequence[Any]) -> T:
-        try:
-            return cast(T, await aio_as_trio(method)(q.text, *args))
-        except Exception as exc:
-            if isinstance(exc, _TRANSLATED):
-                raise _translate(exc) from exc
-            raise
+        return await _bridge(method, q, args)
+
+
+async def _bridge(method: Callable[..., Awaitable[T]], q: Query, args: Sequence[Any]) -> T:
+    """One statement from trio to asyncpg, with asyncpg's errors turned into ours."""
+    try:
+        return cast(T, await aio_as_trio(method)(q.text, *args))
+    except Exception as exc:
+        if isinstance(exc, _TRANSLATED):
+            raise _translate(exc) from exc
+        raise
 
 
 NotifyCallback = Callable[[str, str], None]
@@ -244,12 +249,7 @@ class ListenSession:
 
     async def fetchrow(self, q: Query, *args: Any) -> Row | None:
         """Run one statement on the listening session itself (health round-trips)."""
-        try:
-            return cast(Row | None, await aio_as_trio(self._conn.fetchrow)(q.text, *args))
-        except Exception as exc:
-            if isinstance(exc, _TRANSLATED):
-                raise _translate(exc) from exc
-            raise
+        return await _bridge(self._conn.fetchrow, q, args)
 
     def terminate(self) -> None:
         """Drop the socket now; used when the session is presumed half-open."""
@@ -264,8 +264,3 @@ class ListenSession:
             except Exception as exc:
                 log.debug("listener.close_failed", error=str(exc))
         self.terminate()
-
-
-async def connect_once(dsn: str, *, application_name: str = "reactor") -> Database:
-    """A tiny pool (1 connection) for one-shot CLI commands."""
-    return await Database.connect(dsn, min_size=1, max_size=2, application_name=application_name)

@@ -25,15 +25,12 @@ import trio
 import trio_asyncio
 
 from handlers.auth import token_hash
-from reactor import embedded
-from reactor.app import serve_daemon
+from reactor.app import embedded_database, serve_daemon
 from reactor.config import Settings
 from reactor.db import Database
 from reactor.ids import new_cuid
-from reactor.migrate import migrate
 from reactor.sqlfiles import query
 
-DEMO_DATABASE = "reactor_demo"
 DEADLINE_SECONDS = 50
 
 _STORIES = (
@@ -153,7 +150,7 @@ async def _play(
     settings: Settings, scene: Scene, narrator: Narrator, workdir: Path, out: TextIO
 ) -> int:
     narrator.say(f"starting the embedded PostgreSQL in {settings.data_dir} (first run: initdb)")
-    dsn = await _fresh_database(settings)
+    dsn = await embedded_database(settings, demo=True)
     narrator.say(f"database ready: {dsn}")
     repo_root = await trio.to_thread.run_sync(_make_repository, workdir)
     narrator.say(f"git repository {repo_root} with a bare origin ({workdir / 'origin.git'})")
@@ -199,25 +196,6 @@ async def _play(
         file=out,
     )
     return 0 if ok else 1
-
-
-async def _fresh_database(settings: Settings) -> str:
-    server = await trio.to_thread.run_sync(embedded.start, settings.data_dir)
-    admin = await Database.connect(
-        server.dsn("postgres"), max_size=1, application_name="reactor-demo-admin"
-    )
-    try:
-        await admin.execute(query("admin.drop_demo_database"))
-        await admin.execute(query("admin.create_demo_database"))
-    finally:
-        await admin.close()
-    dsn = server.dsn(DEMO_DATABASE)
-    db = await Database.connect(dsn, max_size=1, application_name="reactor-demo-migrate")
-    try:
-        await migrate(db, with_app_schema=True)
-    finally:
-        await db.close()
-    return dsn
 
 
 def _make_repository(workdir: Path) -> Path:

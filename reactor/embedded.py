@@ -23,6 +23,7 @@ from reactor.logs import get_logger
 log = get_logger("reactor.embedded")
 
 APP_DATABASE = "scrum4me"
+DEMO_DATABASE = "reactor_demo"  # `reactor demo` rebuilds it on every run
 
 
 class EmbeddedError(Exception):

@@ -156,6 +156,14 @@ def _checked(field: str, check: Callable[[str], str], value: str) -> str:
         raise ValidationError(f"{field}: {exc}") from None
 
 
+def _id(description: str) -> Any:
+    """The schema of an id argument (the handlers check the characters)."""
+    return Field(min_length=1, max_length=128, description=description)
+
+
+TokenCount = Annotated[int | None, Field(strict=True, ge=0, le=2**31 - 1)]
+
+
 def build_server(host: ToolHost) -> ReactorMCP:
     server = ReactorMCP("scrum4me", version=__version__, instructions=INSTRUCTIONS)
     settings = host.reactor.settings
@@ -165,12 +173,7 @@ def build_server(host: ToolHost) -> ReactorMCP:
     async def wait_for_job(
         ctx: Context[Any, Any],
         product_id: Annotated[
-            str | None,
-            Field(
-                min_length=1,
-                max_length=128,
-                description="Only claim jobs of this product (a filter; optional).",
-            ),
+            str | None, _id("Only claim jobs of this product (a filter; optional).")
         ] = None,
         wait_seconds: Annotated[
             int,
@@ -219,10 +222,10 @@ def build_server(host: ToolHost) -> ReactorMCP:
             ),
         ] = None,
         model_id: Annotated[str | None, Field(max_length=200)] = None,
-        input_tokens: Annotated[int | None, Field(strict=True, ge=0, le=2**31 - 1)] = None,
-        output_tokens: Annotated[int | None, Field(strict=True, ge=0, le=2**31 - 1)] = None,
-        cache_read_tokens: Annotated[int | None, Field(strict=True, ge=0, le=2**31 - 1)] = None,
-        cache_write_tokens: Annotated[int | None, Field(strict=True, ge=0, le=2**31 - 1)] = None,
+        input_tokens: TokenCount = None,
+        output_tokens: TokenCount = None,
+        cache_read_tokens: TokenCount = None,
+        cache_write_tokens: TokenCount = None,
         actual_thinking_tokens: Annotated[
             int | None, Field(strict=True, ge=0, le=2**31 - 1)
         ] = None,
@@ -266,12 +269,7 @@ def build_server(host: ToolHost) -> ReactorMCP:
     async def check_queue_empty_tool(
         ctx: Context[Any, Any],
         product_id: Annotated[
-            str | None,
-            Field(
-                min_length=1,
-                max_length=128,
-                description="Count only this product (must be yours or shared with you).",
-            ),
+            str | None, _id("Count only this product (must be yours or shared with you).")
         ] = None,
     ) -> CallToolResult:
         return await host.call(
