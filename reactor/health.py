@@ -53,6 +53,9 @@ async def health_report(reactor: Reactor, agents: AgentStats) -> tuple[int, dict
             )
             snapshot = dict(row) if row else {}
             workers = await live_workers(reactor.db, worker.user_id)
+            for entry in workers:
+                heard = reactor.state.live_workers.get(str(entry["instance_id"]))
+                entry["connectedAt"] = _iso(heard.seen_at) if heard else None
         except DatabaseError:
             db_ok = False
     if scope.cancelled_caught:
@@ -87,6 +90,7 @@ async def health_report(reactor: Reactor, agents: AgentStats) -> tuple[int, dict
             "lastError": listener.last_error,
         },
         "workers": workers,
+        "lastSweepAt": _iso(reactor.state.last_sweep_at),
         "queueDepth": snapshot.get("queue_depth"),
         "jobsInFlight": in_flight,
         "instanceId": worker.instance_id,

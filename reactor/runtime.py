@@ -56,7 +56,7 @@ class ReactorState:
 
     token_valid: bool = True
     last_sweep_at: float | None = None
-    last_claim_at: float | None = None
+    # When each worker last (re)connected, as heard on worker_connected.
     live_workers: dict[str, LiveWorker] = field(default_factory=dict)
 
 

@@ -473,3 +473,24 @@ async def test_a_demo_token_cannot_start_the_stdio_server(
     assert process.returncode == 4
     assert b"demo account" in process.stderr
     assert process.stdout == b""  # stdout is reserved for MCP messages
+
+
+async def test_health_lists_a_worker_that_connects_with_when_it_was_heard(
+    db: Database, dsn: str, tmp_path: Path
+) -> None:
+    world = await make_world(db)
+    async with running_daemon(db, dsn, world, tmp_path) as daemon:
+        await db.execute(
+            sql(
+                "INSERT INTO claude_workers (id, user_id, token_id, instance_id) "
+                "VALUES ('cw-other', $1, $2, 'nas-runner-2')"
+            ),
+            world.user_id,
+            world.token_id,
+        )
+        await eventually(lambda: "nas-runner-2" in daemon.reactor.state.live_workers)
+        status, text = await fetch(daemon.port, "/health")
+    workers = {w["instance_id"]: w for w in json.loads(text)["workers"]}
+    assert status == 200
+    assert workers["nas-runner-2"]["connectedAt"] is not None
+    assert json.loads(text)["lastSweepAt"] is not None
