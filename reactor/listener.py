@@ -109,11 +109,13 @@ class Listener:
 
     @property
     def status(self) -> ListenerStatus:
-        unhealthy_for = 0.0
-        if self._state is not ListenerState.HEALTHY:
+        state, unhealthy_for = self._state, 0.0
+        if state is not ListenerState.HEALTHY:
             unhealthy_for = trio.current_time() - self._unhealthy_since
+            if state is ListenerState.RECONNECTING and unhealthy_for >= self._down_after:
+                state = ListenerState.DOWN  # still failing after the grace: say so
         return ListenerStatus(
-            self._state,
+            state,
             self._reconnects,
             self._last_notification_wall,
             unhealthy_for,
