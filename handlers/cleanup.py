@@ -130,6 +130,8 @@ async def _remove(
         metrics.WORKTREES.labels("remove", "failed").inc()
         log.warning("cleanup.remove_failed", job_id=job_id, why=str(exc))
         return False
+    if not result.removed:
+        return False  # already gone (another pass, or by hand): nothing to report
     metrics.WORKTREES.labels("remove", "ok").inc()
     log.info(
         "cleanup.removed",
@@ -139,7 +141,7 @@ async def _remove(
         branch_note=result.detail,
         why=why,
     )
-    return result.removed
+    return True
 
 
 async def catch_up(db: Database, ws: Workspace) -> list[str]:

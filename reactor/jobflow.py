@@ -63,6 +63,7 @@ class CleanupService:
         self._reactor = reactor
         self._ws = ws
         self._pending: set[str] = set()
+        self._again: set[str] = set()
         self._periodic = 0
         reactor.status_hooks.append(self.on_status_changed)
         reactor.sweep_hooks.append(self.on_sweep)
@@ -85,21 +86,29 @@ class CleanupService:
             self.schedule(story_id, why=f"the agent of job {job_id} exited")
 
     def schedule(self, story_id: str, *, why: str) -> None:
+        """Clean the story up soon; one pass per story at a time, re-run if asked meanwhile."""
         if story_id in self._pending:
+            self._again.add(story_id)
             return
         self._pending.add(story_id)
         self._reactor.nursery.start_soon(self._clean_later, story_id, why)
 
     async def _clean_later(self, story_id: str, why: str) -> None:
-        # A short grace: an MCP agent's PostToolUse hook may still run inside the worktree
-        # right after it reported its result (scrum4me-mcp removed worktrees inline and broke
-        # that hook).
-        await trio.sleep(self._ws.cleanup_grace_seconds)
-        self._pending.discard(story_id)
         try:
-            await cleanup_story(self._reactor.db, self._ws, story_id, why=why)
-        except DatabaseError as exc:
-            log.warning("cleanup.failed", story_id=story_id, why=str(exc))
+            while True:
+                # A short grace: an MCP agent's PostToolUse hook may still run inside the
+                # worktree right after it reported its result (scrum4me-mcp removed worktrees
+                # inline and broke that hook).
+                await trio.sleep(self._ws.cleanup_grace_seconds)
+                self._again.discard(story_id)
+                try:
+                    await cleanup_story(self._reactor.db, self._ws, story_id, why=why)
+                except DatabaseError as exc:
+                    log.warning("cleanup.failed", story_id=story_id, why=str(exc))
+                if story_id not in self._again:
+                    return
+        finally:
+            self._pending.discard(story_id)
 
     async def on_sweep(self, reason: str) -> None:
         if reason == "periodic":
