@@ -12,9 +12,9 @@ _CONTEXT = query("jobs.context")
 HEARTBEAT_INTERVAL_SECONDS = 60
 
 
-async def job_context(db: Database, job_id: str) -> dict[str, Any] | None:
-    row = await db.fetchrow(_CONTEXT, job_id)
-    return None if row is None else build_context(row)
+async def context_row(db: Database, job_id: str) -> Row | None:
+    """The job with its task, story, pbi, sprint and product (one query)."""
+    return await db.fetchrow(_CONTEXT, job_id)
 
 
 def build_context(row: Row) -> dict[str, Any]:

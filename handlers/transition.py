@@ -9,7 +9,7 @@ the story's last active job ends (handlers/cleanup.py), woken by job_status_chan
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,7 +30,7 @@ _MARK_RUNNING = query("transitions.mark_running")
 _FINISH = query("transitions.finish")
 _SET_TASK = query("transitions.set_task_status")
 _SETTLE_STORY = query("transitions.settle_story")
-_CLAIMABLE = query("transitions.claimable_count")
+_CLAIMABLE = query("transitions.claimable_exists")
 
 Status = Literal["running", "done", "failed", "skipped"]
 SUMMARY_MAX = 4000
@@ -92,35 +92,38 @@ async def update_job_status(
 ) -> dict[str, Any]:
     worker.require_write()
     validate_report(report)
-    row = await load_owned(db, worker, report.job_id)
-    if report.status == "skipped":
-        _check_skip(row, report)
     if report.status == "running":
-        updated = await db.fetchrow(
-            _MARK_RUNNING, report.job_id, worker.token_id, worker.instance_id
-        )
-        if updated is None:
-            await _explain_lost(db, worker, report.job_id)
-        metrics.TRANSITIONS.labels("running").inc()
-        log.info("transition.running", job_id=report.job_id, instance_id=worker.instance_id)
-        return _output(report.job_id, updated, "idle")
-    stored, push_note = await _terminal_values(ws, row, report)
-    finished = await db.transaction(_finisher(worker, report, stored))
-    if finished is None:
+        return await _report_running(db, worker, report)
+    pushed: _Outcome | None = None
+    if report.status == "done" and ws.enabled and ws.path_for(report.job_id).is_dir():
+        # Guards before touching git; the write after the push is fenced again.
+        pushed = await _push(ws, await load_owned(db, worker, report.job_id), report)
+    # One transaction (one bridge hop): guards, the write, task and story, next_action.
+    result = await db.transaction(_finisher(worker, report, kinds, pushed))
+    if result is None:
         await _explain_lost(db, worker, report.job_id)
-    status = finished["status"]
-    metrics.TRANSITIONS.labels(status.lower()).inc()
+    assert result is not None
+    finished, more_work, why = result
+    metrics.TRANSITIONS.labels(finished["status"].lower()).inc()
     log.info(
         "transition.finished",
         job_id=report.job_id,
         reported=report.status,
-        stored=status,
+        stored=finished["status"],
         branch=finished["branch"],
         pushed=finished["pushed_at"] is not None,
-        why=push_note,
+        why=why,
     )
-    remaining = await db.fetchval(_CLAIMABLE, worker.user_id, list(kinds))
-    return _output(report.job_id, finished, "wait_for_job_again" if remaining else "queue_empty")
+    return _output(report.job_id, finished, "wait_for_job_again" if more_work else "queue_empty")
+
+
+async def _report_running(db: Database, worker: Worker, report: StatusReport) -> dict[str, Any]:
+    updated = await db.fetchrow(_MARK_RUNNING, report.job_id, worker.token_id, worker.instance_id)
+    if updated is None:
+        await _explain_lost(db, worker, report.job_id)
+    metrics.TRANSITIONS.labels("running").inc()
+    log.info("transition.running", job_id=report.job_id, instance_id=worker.instance_id)
+    return _output(report.job_id, updated, "idle")
 
 
 @dataclass(frozen=True)
@@ -132,34 +135,43 @@ class _Stored:
     head_sha: str | None
 
 
-async def _terminal_values(ws: Workspace, row: Row, report: StatusReport) -> tuple[_Stored, str]:
-    """What to store for done/failed/skipped; for done this is where the push happens."""
+_Outcome = tuple[_Stored, str]  # what to store, and why (for the log)
+
+
+def _as_reported(report: StatusReport) -> _Outcome:
+    """A terminal report that needs no push: stored as the worker said."""
     status = {"done": "DONE", "failed": "FAILED", "skipped": "SKIPPED"}[report.status]
-    if report.status != "done":
-        return _Stored(
-            status, report.error, report.branch, False, None
-        ), f"worker reported {report.status}"
-    path = ws.worktree_dir / row["id"]
-    if row["kind"] != "TASK_IMPLEMENTATION" or not ws.enabled or not path.is_dir():
-        return _Stored("DONE", report.error, report.branch, False, None), "no worktree to push"
+    why = "no worktree to push" if report.status == "done" else f"worker reported {report.status}"
+    return _Stored(status, report.error, report.branch, False, None), why
+
+
+async def _push(ws: Workspace, row: Row, report: StatusReport) -> _Outcome:
+    """done with a worktree: push the branch first, and store what the push allows."""
+    if row["kind"] != "TASK_IMPLEMENTATION":
+        return _as_reported(report)
     branch = validate.branch_name(report.branch or row["branch"] or f"feat/job-{row['id'][-8:]}")
-    result = await ws.git.run(gitops.push_branch, path, branch, row["base_sha"])
+    result = await ws.git.run(gitops.push_branch, ws.path_for(row["id"]), branch, row["base_sha"])
     metrics.WORKTREES.labels("push", result.outcome).inc()
     if result.outcome == "pushed":
-        return _Stored(
-            "DONE", report.error, branch, True, result.head_sha
-        ), f"pushed {branch} to origin"
+        return _Stored("DONE", report.error, branch, True, result.head_sha), f"pushed {branch}"
     if result.outcome == "no-changes":
-        return _Stored(
-            "DONE", report.error, None, False, None
-        ), "HEAD equals the base: nothing to push"
+        return _Stored("DONE", report.error, None, False, None), "HEAD equals the base: no push"
     error = f"push failed ({result.reason}): {result.detail[:200]}"
     return _Stored("FAILED", error, None, False, None), "push failed; worktree kept for inspection"
 
 
-def _finisher(worker: Worker, report: StatusReport, stored: _Stored) -> Any:
-    async def finish(tx: Tx) -> Row | None:
-        row = await tx.fetchrow(
+def _finisher(
+    worker: Worker, report: StatusReport, kinds: Sequence[str], pushed: _Outcome | None
+) -> Callable[[Tx], Awaitable[tuple[Row, bool, str] | None]]:
+    async def finish(tx: Tx) -> tuple[Row, bool, str] | None:
+        if pushed is None:
+            row = await tx.fetchrow(_OWNERSHIP, report.job_id)
+            check_owner(row, worker, report.job_id)
+            assert row is not None
+            if report.status == "skipped":
+                _check_skip(row, report)
+        stored, why = pushed or _as_reported(report)
+        done = await tx.fetchrow(
             _FINISH,
             report.job_id,
             worker.token_id,
@@ -177,13 +189,15 @@ def _finisher(worker: Worker, report: StatusReport, stored: _Stored) -> Any:
             report.cache_write_tokens,
             report.actual_thinking_tokens,
         )
-        if row is None or row["task_id"] is None or row["kind"] != "TASK_IMPLEMENTATION":
-            return row
-        if stored.status in ("DONE", "FAILED"):
-            story_id = await tx.fetchval(_SET_TASK, row["task_id"], stored.status)
+        if done is None:
+            return None
+        follows = done["kind"] == "TASK_IMPLEMENTATION" and stored.status in ("DONE", "FAILED")
+        if follows and done["task_id"] is not None:
+            story_id = await tx.fetchval(_SET_TASK, done["task_id"], stored.status)
             if story_id is not None:
                 await tx.fetchval(_SETTLE_STORY, story_id)
-        return row
+        more_work = bool(await tx.fetchval(_CLAIMABLE, worker.user_id, list(kinds)))
+        return done, more_work, why
 
     return finish
 

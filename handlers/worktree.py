@@ -17,7 +17,7 @@ from handlers.errors import HandlerError
 from handlers.repo_root import RepoRoot, resolve_repo_root
 from handlers.workspace import Workspace
 from reactor import metrics
-from reactor.db import Database
+from reactor.db import Database, Row
 from reactor.logs import get_logger
 from reactor.sqlfiles import query
 
@@ -54,11 +54,17 @@ async def repo_root_for(
 
 
 async def attach_worktree(
-    db: Database, ws: Workspace, worker: Worker, job_id: str
+    db: Database, ws: Workspace, worker: Worker, job_id: str, *, job: Row | None = None
 ) -> WorktreeReady | None:
-    """Create the job's worktree; None when the job needs none (other kinds, worktrees off)."""
-    row = await db.fetchrow(_OWNERSHIP, job_id)
-    if row is None or row["kind"] != "TASK_IMPLEMENTATION" or not ws.enabled:
+    """Create the job's worktree; None when the job needs none (other kinds, worktrees off).
+
+    ``job`` is the job's row if the caller already read it (the context query has every
+    column used here); otherwise it is read.
+    """
+    if not ws.enabled:
+        return None
+    row = job if job is not None else await db.fetchrow(_OWNERSHIP, job_id)
+    if row is None or row["kind"] != "TASK_IMPLEMENTATION":
         return None
     root = await repo_root_for(ws, row["product_id"], row["product_repo_url"], row["task_repo_url"])
     if root.path is None:

@@ -70,6 +70,15 @@ def is_pooler(dsn: str) -> bool:
     return "-pooler" in (urlsplit(dsn).hostname or "")
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (unlock all, CLOSE ALL, UNLISTEN *, RESET ALL).
+
+    That is one more round trip for every statement. Pool connections never hold session
+    advisory locks (only transaction-scoped ones), cursors, LISTENs or SET changes, so
+    there is nothing to reset; asyncpg still rolls back a transaction left open.
+    """
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
@@ -128,6 +137,7 @@ class Database:
                 min_size=min_size,
                 max_size=max_size,
                 init=_init_connection,
+                reset=_keep_session,
                 **_connect_kwargs(dsn, application_name),
             )
         except Exception as exc:

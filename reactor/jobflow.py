@@ -13,7 +13,7 @@ import trio
 from handlers.auth import Worker
 from handlers.claim import ClaimedJob
 from handlers.cleanup import catch_up, cleanup_story
-from handlers.context import job_context
+from handlers.context import build_context, context_row
 from handlers.workspace import Workspace
 from handlers.worktree import WorktreeUnavailable, attach_worktree
 from reactor.db import DatabaseError
@@ -37,15 +37,16 @@ async def prepare_job(
     down in that caller's pump so it is not claimed again in a hot loop.
     """
     pump = reactor.pump_for(worker)
+    row = await context_row(reactor.db, job.id)  # read once: context and worktree lookup
+    assert row is not None, "a job we hold a claim on cannot vanish"
     try:
-        ready = await attach_worktree(reactor.db, ws, worker, job.id)
+        ready = await attach_worktree(reactor.db, ws, worker, job.id, job=row)
     except WorktreeUnavailable as exc:
         delay = pump.cool_down(job.id, transient=exc.transient)
         log.warning("job.prepare_failed", job_id=job.id, retry_in_s=round(delay), why=str(exc))
         raise
     pump.forgive(job.id)
-    context = await job_context(reactor.db, job.id)
-    assert context is not None
+    context = build_context(row)
     if ready is not None:
         context.update(
             worktree_path=str(ready.path),

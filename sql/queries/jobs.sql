@@ -58,7 +58,10 @@ claimed AS (
     UPDATE claude_jobs j
     SET status = 'CLAIMED',
         claimed_by_token_id = $2,
-        claimed_at = now(),
+        -- clock_timestamp(), not now(): the statement's start precedes its snapshot, so a
+        -- predecessor seen DONE may have finished after now(); claimed_at must not say
+        -- the job was claimed before its turn came.
+        claimed_at = clock_timestamp(),
         worker_instance_id = $3,
         plan_snapshot = COALESCE((SELECT t.implementation_plan FROM tasks t WHERE t.id = j.task_id), ''),
         lease_until = now() + make_interval(secs => $6::int),

@@ -72,15 +72,18 @@ FROM (
 WHERE s.id = $1 AND verdict.status IS NOT NULL AND s.status IS DISTINCT FROM verdict.status
 RETURNING s.status::text AS status
 
--- name: claimable_count
--- QUEUED jobs this worker could claim (its user, runtime CLAUDE, its kinds, a runnable sprint
--- run). Jobs waiting their turn in a story or sprint sequence count: they become claimable as
--- the earlier ones finish. $1 user_id, $2 kinds.
-SELECT count(*)
-FROM claude_jobs cj LEFT JOIN sprint_runs sr ON sr.id = cj.sprint_run_id
-WHERE cj.user_id = $1 AND cj.status = 'QUEUED' AND cj.runtime = 'CLAUDE'
-  AND cj.kind::text = ANY($2::text[])
-  AND (cj.sprint_run_id IS NULL OR sr.status IN ('QUEUED', 'RUNNING'))
+-- name: claimable_exists
+-- Whether a QUEUED job this worker could claim exists (its user, runtime CLAUDE, its kinds, a
+-- runnable sprint run): next_action needs a yes or no, not a count of the whole queue.
+-- Jobs waiting their turn in a story or sprint sequence count: they become claimable as the
+-- earlier ones finish. $1 user_id, $2 kinds.
+SELECT EXISTS (
+    SELECT 1
+    FROM claude_jobs cj LEFT JOIN sprint_runs sr ON sr.id = cj.sprint_run_id
+    WHERE cj.user_id = $1 AND cj.status = 'QUEUED' AND cj.runtime = 'CLAUDE'
+      AND cj.kind::text = ANY($2::text[])
+      AND (cj.sprint_run_id IS NULL OR sr.status IN ('QUEUED', 'RUNNING'))
+)
 
 -- name: queue_counts
 -- check_queue_empty: the user's QUEUED/CLAIMED/RUNNING jobs per product the user can access
