@@ -1,0 +1,190 @@
+"""The reactor worker child: a real ``Reactor`` with a no-op consumer, reporting on stdout.
+
+    python -m bench.reactor_worker --slots N [--wait-for-go]
+
+Configuration comes from the environment exactly as for ``reactor run`` (DATABASE_URL,
+SCRUM4ME_TOKEN, SCRUM4ME_INSTANCE_ID, REACTOR_WORKTREES=off, ...). Lines written:
+
+    ready                      the reactor listens, verified, caught up
+    c <perf_counter> <job_id>  offer(): the claim has committed (T2)
+    d <perf_counter> <job_id>  the real update_job_status(done) returned
+
+Commands on stdin: ``go`` opens the slots (``--wait-for-go``); EOF stops the process.
+
+``BENCH_REACTOR_PATCH`` (comma-separated) applies measurement-only experiments inside this
+bench process, never to the product: ``pool-no-reset`` (asyncpg pool without the reset
+query on release), ``quiet-logs`` (log level warning), ``gc-freeze`` (gc.freeze() once ready),
+``generic-plans`` (plan_cache_mode=force_generic_plan on the pool's connections),
+``claimable-exists`` (transitions.claimable_count as EXISTS), ``claim-topn`` (jobs.claim
+with the sorted candidate subquery bounded by a LIMIT: a top-N sort instead of a full one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import time
+from typing import Any
+
+import trio
+import trio_asyncio
+
+from handlers.auth import Worker
+from handlers.claim import ClaimedJob
+from handlers.transition import StatusReport, update_job_status
+from handlers.workspace import Workspace
+from reactor import logs
+from reactor.app import authenticate_token, check_import_order, open_database
+from reactor.config import Settings
+from reactor.db import Database
+from reactor.runtime import Reactor
+
+PATCHES = frozenset(p for p in os.environ.get("BENCH_REACTOR_PATCH", "").split(",") if p)
+
+
+def apply_patches() -> None:
+    if "pool-no-reset" in PATCHES:
+        import asyncpg
+
+        original = asyncpg.create_pool
+
+        async def keep_session(_conn: Any) -> None:
+            return None
+
+        def create_pool(*args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("reset", keep_session)
+            return original(*args, **kwargs)
+
+        asyncpg.create_pool = create_pool
+    if "generic-plans" in PATCHES:
+        import asyncpg
+
+        plain = asyncpg.create_pool
+
+        def generic_pool(*args: Any, **kwargs: Any) -> Any:
+            settings = dict(kwargs.get("server_settings") or {})
+            settings["plan_cache_mode"] = "force_generic_plan"
+            kwargs["server_settings"] = settings
+            return plain(*args, **kwargs)
+
+        asyncpg.create_pool = generic_pool
+    _patch_queries()
+
+
+def _patch_queries() -> None:
+    """Candidate SQL for the recommendations, swapped into the handlers' module globals."""
+    from handlers import claim, transition
+    from reactor.sqlfiles import Query
+
+    if "claimable-exists" in PATCHES:
+        old = transition._CLAIMABLE
+        text = old.text.replace("SELECT count(*)", "SELECT EXISTS (SELECT 1", 1) + ")"
+        transition._CLAIMABLE = Query(old.name, text)
+    if "claim-topn" in PATCHES:
+        old = claim._CLAIM
+        fence = "COALESCE(cj.sprint_sequence, 2147483647), cj.id\n        OFFSET 0"
+        assert fence in old.text, "jobs.claim changed; update the claim-topn experiment"
+        bounded = fence.replace("OFFSET 0", "LIMIT $7::int * 50 + 100")
+        claim._CLAIM = Query(old.name, old.text.replace(fence, bounded))
+
+
+def say(line: str) -> None:
+    os.write(1, (line + "\n").encode())
+
+
+class NoOpConsumer:
+    """``slots`` parallel no-op agents: report the claim, then report done at once."""
+
+    name = "bench"
+    product_id: str | None = None
+
+    def __init__(
+        self, slots: int, db: Database, ws: Workspace, worker: Worker, kinds: tuple[str, ...]
+    ) -> None:
+        self.slots = slots
+        self.open = False
+        self.active = 0
+        self.done = 0
+        self._db, self._ws, self._worker, self._kinds = db, ws, worker, kinds
+        self.reactor: Reactor | None = None
+        self.nursery: trio.Nursery | None = None
+
+    def free_slots(self) -> int:
+        return self.slots - self.active if self.open else 0
+
+    def offer(self, job: ClaimedJob) -> bool:
+        say(f"c {time.perf_counter()!r} {job.id}")
+        assert self.nursery is not None
+        self.active += 1
+        self.nursery.start_soon(self._finish, job.id)
+        return True
+
+    async def _finish(self, job_id: str) -> None:
+        try:
+            await update_job_status(
+                self._db, self._ws, self._worker, StatusReport(job_id, "done"), kinds=self._kinds
+            )
+            say(f"d {time.perf_counter()!r} {job_id}")
+        finally:
+            self.active -= 1
+            assert self.reactor is not None
+            self.reactor.pump.wake("bench slot freed")
+
+
+async def _commands(consumer: NoOpConsumer, cancel: trio.CancelScope) -> None:
+    stream = trio.lowlevel.FdStream(os.dup(0))
+    buffer = b""
+    while True:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            cancel.cancel()
+            return
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip() == b"go":
+                consumer.open = True
+                assert consumer.reactor is not None
+                consumer.reactor.pump.wake("bench go")
+
+
+async def main(args: Any) -> None:
+    check_import_order()
+    settings = Settings.from_env()
+    async with trio_asyncio.open_loop():
+        opened = await open_database(settings, role="bench")
+        try:
+            worker = await authenticate_token(opened.db, opened.settings, "reactor")
+            ws = Workspace.from_settings(opened.settings)
+            consumer = NoOpConsumer(args.slots, opened.db, ws, worker, opened.settings.kinds)
+            consumer.open = not args.wait_for_go
+            reactor = Reactor(opened.settings, opened.db, worker, role="bench")
+            consumer.reactor = reactor
+            reactor.pump.add(consumer)
+            async with trio.open_nursery() as nursery:
+                consumer.nursery = nursery
+                await nursery.start(reactor.run)
+                if "gc-freeze" in PATCHES:
+                    gc.collect()
+                    gc.freeze()
+                say("ready")
+                await _commands(consumer, nursery.cancel_scope)
+        finally:
+            await opened.db.close()
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.reactor_worker")
+    parser.add_argument("--slots", type=int, default=1)
+    parser.add_argument("--wait-for-go", action="store_true")
+    args = parser.parse_args()
+    settings = Settings.from_env()
+    level = "warning" if "quiet-logs" in PATCHES else settings.log_level
+    logs.configure(level, settings.log_format)
+    apply_patches()
+    trio.run(main, args)
+
+
+if __name__ == "__main__":
+    cli()
