@@ -10,7 +10,8 @@ import asyncio
 import gc
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 import trio_asyncio
@@ -118,6 +119,18 @@ async def authenticate_token(db: Database, settings: Settings, role: str) -> Wor
 
 
 @dataclass
+class StopSwitch:
+    """What a signal does: abandon start-up, or, once the reactor runs, stop in order.
+
+    ``graceful`` turns true the moment the reactor is listening with its presence row
+    written; from then on a signal must drain agents and unregister, even if /health is not
+    served yet (a SIGTERM can arrive in between: docker stop right after start)."""
+
+    stop: trio.Event = field(default_factory=trio.Event)
+    graceful: bool = False
+
+
+@dataclass
 class Daemon:
     """A running daemon: what the demo and the tests look at, and how to stop it."""
 
@@ -136,31 +149,32 @@ async def run_daemon(settings: Settings) -> None:
     # with its presence row left behind.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-            running: list[Daemon] = []
-            nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, running)
+            switch = StopSwitch()
+            nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, switch)
             opened = await open_database(settings, role="daemon")
             try:
-                running.append(await nursery.start(serve_daemon, opened.settings, opened.db))
+                daemon = await nursery.start(
+                    partial(serve_daemon, opened.settings, opened.db, switch=switch)
+                )
                 _settle_memory()
-                await running[0].stopped.wait()
+                await daemon.stopped.wait()
                 nursery.cancel_scope.cancel()
             finally:
                 await opened.db.close()
 
 
 async def _stop_on_signal(
-    signals: AsyncIterator[int], startup: trio.CancelScope, running: list[Daemon]
+    signals: AsyncIterator[int], startup: trio.CancelScope, switch: StopSwitch
 ) -> None:
-    """First signal: a graceful stop once running, or abandon start-up before that."""
+    """First signal: a graceful stop once the reactor runs, or abandon start-up before that."""
     async for signum in signals:
-        started = bool(running)
         log.info(
             "daemon.stopping",
             signal=signal.Signals(signum).name,
-            why="shutdown requested" + ("" if started else " during start-up"),
+            why="shutdown requested" + ("" if switch.graceful else " during start-up"),
         )
-        if started:
-            running[0].stop.set()
+        if switch.graceful:
+            switch.stop.set()
         else:
             startup.cancel()
         return
@@ -170,9 +184,11 @@ async def serve_daemon(
     settings: Settings,
     db: Database,
     *,
+    switch: StopSwitch | None = None,
     task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listener, pump, agent slots, HTTP; returns after ``stop`` is set and shutdown is done."""
+    switch = switch or StopSwitch()
     worker = await authenticate_token(db, settings, "reactor")
     sock = http.bind(settings.http_host, settings.http_port)
     ws = Workspace.from_settings(settings)
@@ -185,6 +201,7 @@ async def serve_daemon(
     factory = build_app_factory(reactor, server, stats, tokens, people)
     async with trio.open_nursery() as nursery:
         await nursery.start(reactor.run)
+        switch.graceful = True
         slots = None
         if settings.agent_command:
             slots = AgentSlots(reactor, ws, settings.agent_command, stats, cleanup)
@@ -203,7 +220,7 @@ async def serve_daemon(
                 else "; MCP clients do the work"
             ),
         )
-        daemon = Daemon(reactor, slots, port, stats, trio.Event(), trio.Event())
+        daemon = Daemon(reactor, slots, port, stats, switch.stop, trio.Event())
         task_status.started(daemon)
         await daemon.stop.wait()
         reactor.pause_all("shutting down")

@@ -77,14 +77,16 @@ async def serve(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_uvicorn)
-        while not server.started:
-            if done.is_set():
-                raise RuntimeError(f"the HTTP server stopped while starting: {failure[:1]}")
-            await trio.sleep(0.01)
-        port = int(sock.getsockname()[1])
-        log.info("http.listening", address=f"{sock.getsockname()[0]}:{port}")
-        task_status.started(port)
+        # Whatever ends this task (a cancellation while uvicorn is still starting included),
+        # uvicorn must be told to exit: its task is shielded and would otherwise run forever.
         try:
+            while not server.started:
+                if done.is_set():
+                    raise RuntimeError(f"the HTTP server stopped while starting: {failure[:1]}")
+                await trio.sleep(0.01)
+            port = int(sock.getsockname()[1])
+            log.info("http.listening", address=f"{sock.getsockname()[0]}:{port}")
+            task_status.started(port)
             await done.wait()
         finally:
             server.should_exit = True
