@@ -14,7 +14,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 JOB_KINDS = (
     "TASK_IMPLEMENTATION",
@@ -35,7 +35,76 @@ JOB_KINDS = (
 
 _REPO_ROOT_PRODUCT = "SCRUM4ME_REPO_ROOT_"
 _REPO_ROOT_REPO = "SCRUM4ME_REPO_ROOT_REPO_"
-INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+# \A...\Z, not ^...$: "$" also matches before a final newline, and callers use .match().
+INSTANCE_ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}\Z")
+
+# Query parameters asyncpg 0.32 reads itself (asyncpg/connect_utils.py,
+# _parse_connect_dsn_and_args). It sends every other name to the server as a run-time setting,
+# and PostgreSQL refuses the connection: "unrecognized configuration parameter".
+ASYNCPG_DSN_PARAMETERS = frozenset(
+    {
+        "host",
+        "port",
+        "dbname",
+        "database",
+        "user",
+        "password",
+        "passfile",
+        "service",
+        "sslmode",
+        "sslcert",
+        "sslkey",
+        "sslrootcert",
+        "sslnegotiation",
+        "sslcrl",
+        "sslpassword",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+        "target_session_attrs",
+        "krbsrvname",
+        "gsslib",
+    }
+)
+
+# Parameters with a meaning the reactor reproduces through asyncpg's own arguments
+# (reactor/db.py _connect_kwargs). ``options`` is libpq's, and the server itself reads it from
+# the start-up packet, so it is forwarded as it is.
+TRANSLATED_DSN_PARAMETERS = frozenset(
+    {"schema", "connect_timeout", "pgbouncer", "statement_cache_size", "options"}
+)
+
+# Parameters that only mean something to another client of the same URL (Prisma, libpq).
+# They are removed before asyncpg sees them, and named in one warning when a pool connects.
+DROPPED_DSN_PARAMETERS: Mapping[str, str] = {
+    "connection_limit": "Prisma's pool size; the reactor's pool is REACTOR_POOL_SIZE",
+    "pool_timeout": "Prisma's wait for a free pooled connection; not used by the reactor",
+    "socket_timeout": "Prisma's per-query timeout; the reactor uses its own (60 s)",
+    "max_connection_lifetime": "a Prisma pool setting; not used by the reactor",
+    "max_idle_connection_lifetime": "a Prisma pool setting; not used by the reactor",
+    "sslaccept": "Prisma's certificate policy; here certificate checks follow sslmode",
+    "sslidentity": "a Prisma PKCS12 client identity; asyncpg takes PEM sslcert and sslkey",
+    "channel_binding": (
+        "asyncpg does not implement SCRAM channel binding; TLS still follows sslmode "
+        "(sslmode=verify-full authenticates the server)"
+    ),
+    "application_name": "the reactor names its connections itself (reactor-<role>, ...)",
+}
+
+_DSN_CHOICES: Mapping[str, tuple[str, ...]] = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "target_session_attrs": (
+        "any",
+        "primary",
+        "standby",
+        "prefer-standby",
+        "read-write",
+        "read-only",
+    ),
+    "sslnegotiation": ("postgres", "direct"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "pgbouncer": ("true", "false"),
+}
+_SIMPLE_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
 class ConfigError(Exception):
@@ -142,6 +211,13 @@ class Settings:
                 f"(got {settings.ping_timeout_seconds} >= {settings.ping_seconds}); "
                 "lower the timeout or raise the interval."
             )
+        if settings.direct_url is not None and settings.database_url is None:
+            # Queries would go to the embedded server and LISTEN to another database.
+            raise ConfigError(
+                "DIRECT_URL is set but DATABASE_URL is not. Set DATABASE_URL to the same "
+                "database (its pooled URL is fine), or unset DIRECT_URL to use the embedded "
+                "server."
+            )
         for name, url in (
             ("DATABASE_URL", settings.database_url),
             ("DIRECT_URL", settings.direct_url),
@@ -161,13 +237,20 @@ class Settings:
         if url is None:
             raise ConfigError("DATABASE_URL is not set; set it (and DIRECT_URL for Neon).")
         host = urlsplit(url).hostname or ""
+        source = "DIRECT_URL" if self.direct_url else "DATABASE_URL"
         if "-pooler" in host:
-            source = "DIRECT_URL" if self.direct_url else "DATABASE_URL"
             raise ConfigError(
                 f"{source} points at a connection pooler ({host}); LISTEN through a "
                 "transaction pooler never receives notifications. Set DIRECT_URL to the "
                 "direct (non-pooler) URL: the same host without '-pooler', e.g. "
                 f"{host.replace('-pooler', '')}."
+            )
+        if dsn_parameters(source, url).pgbouncer:
+            raise ConfigError(
+                f"{source} says pgbouncer=true, so it goes through a transaction pooler, and "
+                "LISTEN through a transaction pooler never receives notifications. Set "
+                "DIRECT_URL to the direct (non-pooler) URL of the same database, without "
+                "pgbouncer=true."
             )
         return url
 
@@ -180,8 +263,17 @@ class Settings:
         return self.token
 
     def instance_for(self, role: str) -> str:
-        """This process's worker instance id: SCRUM4ME_INSTANCE_ID or ``<role>-<host>-<pid>``."""
-        return self.instance_id or f"{role}-{self.hostname}-{os.getpid()}"
+        """This process's worker instance id: SCRUM4ME_INSTANCE_ID, else a default per role.
+
+        ``reactor mcp`` defaults to ``mcp-<host>-<parent pid>``: Claude Code starts it and may
+        restart it in the middle of a job, and every write is fenced on the instance id, so
+        the id has to outlive the MCP process and last as long as the client does (its pid).
+        Two Claude Code sessions still differ. Anything else is ``<role>-<host>-<pid>``.
+        """
+        if self.instance_id:
+            return self.instance_id
+        pid = os.getppid() if role == "mcp" else os.getpid()
+        return f"{role}-{self.hostname}-{pid}"
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some fields replaced (CLI flags, tests)."""
@@ -268,7 +360,7 @@ def _kinds(env: Mapping[str, str]) -> tuple[str, ...]:
 
 def _instance_id(env: Mapping[str, str]) -> str | None:
     raw = _optional(env, "SCRUM4ME_INSTANCE_ID")
-    if raw is not None and not INSTANCE_ID_RE.match(raw):
+    if raw is not None and INSTANCE_ID_RE.fullmatch(raw) is None:
         raise ConfigError(
             "SCRUM4ME_INSTANCE_ID may only contain letters, digits and . _ : @ - "
             f"(at most 128 characters, starting with a letter or digit); got {raw!r}."
@@ -303,3 +395,124 @@ def _check_dsn(name: str, url: str) -> None:
             f"{name} must be a postgresql:// URL (got scheme {parts.scheme or 'none'!r}), "
             "e.g. postgresql://user:password@host:5432/dbname."
         )
+    dsn_parameters(name, url)
+
+
+@dataclass(frozen=True)
+class DsnParameters:
+    """The query string of a database URL, sorted by what the reactor does with each name.
+
+    Errors quote only values that are numbers or choices; a parameter the reactor does not
+    know is named without its value, which may be a secret (``password`` is a parameter).
+    """
+
+    kept: tuple[str, ...] = ()  # raw ``name=value`` pieces that asyncpg reads itself
+    server_settings: Mapping[str, str] = field(default_factory=dict)  # sent at start-up
+    connect_timeout: float | None = None
+    statement_cache_size: int | None = None
+    pgbouncer: bool = False
+    dropped: Mapping[str, str] = field(default_factory=dict)  # name -> why it has no effect
+
+
+def dsn_parameters(name: str, url: str) -> DsnParameters:
+    """Sort ``url``'s query parameters; raises ConfigError naming ``name``, the parameter
+    and the fix for a malformed piece, a bad value, or a parameter nobody understands."""
+    _base, _, rest = url.partition("?")
+    query = rest.partition("#")[0]
+    pieces: dict[str, str] = {}  # name -> the piece as written, so encoding survives
+    values: dict[str, str] = {}
+    for piece in query.split("&"):
+        if not piece:
+            continue  # "a=1&&b=2": asyncpg's strict parser would fail on the empty piece
+        key_raw, equals, value_raw = piece.partition("=")
+        key = unquote_plus(key_raw)
+        if not equals:
+            raise ConfigError(
+                f"{name} has a query parameter without a value ({key!r}); write it as "
+                f"{key}=<value> or remove it."
+            )
+        # The last occurrence wins, as in asyncpg and libpq.
+        pieces[key] = piece
+        values[key] = unquote_plus(value_raw)
+    unknown = [
+        key
+        for key in values
+        if key not in ASYNCPG_DSN_PARAMETERS
+        and key not in TRANSLATED_DSN_PARAMETERS
+        and key not in DROPPED_DSN_PARAMETERS
+    ]
+    if unknown:
+        raise ConfigError(
+            f"{name} has query parameter(s) {', '.join(unknown)}, which neither asyncpg nor "
+            "the reactor understands (PostgreSQL would refuse the connection with "
+            f"'unrecognized configuration parameter'). Remove them from {name}; a PostgreSQL "
+            "setting goes into options, e.g. options=-c%20statement_timeout%3D5000. Accepted: "
+            f"{', '.join(sorted(ASYNCPG_DSN_PARAMETERS | TRANSLATED_DSN_PARAMETERS))}; "
+            f"ignored: {', '.join(DROPPED_DSN_PARAMETERS)}."
+        )
+    for key, allowed in _DSN_CHOICES.items():
+        # An empty value means "not given" here, as in asyncpg and libpq.
+        if values.get(key) and values[key].lower() not in allowed:
+            raise ConfigError(f"{name} has {key}={values[key]!r}; use one of {', '.join(allowed)}.")
+    dropped = {key: DROPPED_DSN_PARAMETERS[key] for key in values if key in DROPPED_DSN_PARAMETERS}
+    kept = {key: piece for key, piece in pieces.items() if key in ASYNCPG_DSN_PARAMETERS}
+    if "sslidentity" in values and kept.pop("sslpassword", None) is not None:
+        # With a PKCS12 identity, Prisma's sslpassword unlocks that file, not a PEM key.
+        dropped["sslpassword"] = "the password of Prisma's PKCS12 sslidentity"
+    if values.get("sslcert") and not values.get("sslkey"):
+        # Prisma reads sslcert as the server's CA certificate, libpq and asyncpg as a client
+        # certificate that needs a key; a shared URL without sslkey means Prisma's sense. (A
+        # client PEM that holds its key too: give sslkey=<the same file>.)
+        cert = kept.pop("sslcert")
+        if values.get("sslrootcert"):
+            dropped["sslcert"] = "Prisma's server certificate; sslrootcert is used instead"
+        else:
+            kept["sslrootcert"] = "sslrootcert=" + cert.partition("=")[2]
+    settings: dict[str, str] = {}
+    if values.get("options"):
+        settings["options"] = values["options"]
+    if values.get("schema"):
+        settings["search_path"] = _search_path(name, values["schema"])
+    return DsnParameters(
+        kept=tuple(kept.values()),
+        server_settings=settings,
+        connect_timeout=_dsn_connect_timeout(name, values.get("connect_timeout")),
+        statement_cache_size=_dsn_whole_number(
+            name, "statement_cache_size", values.get("statement_cache_size")
+        ),
+        pgbouncer=values.get("pgbouncer", "").lower() == "true",
+        dropped=dropped,
+    )
+
+
+def _search_path(name: str, schema: str) -> str:
+    if "\x00" in schema or len(schema.encode("utf-8")) > 63:
+        raise ConfigError(
+            f"{name} has schema={schema!r}; use the name of one schema (at most 63 bytes)."
+        )
+    if _SIMPLE_IDENTIFIER.fullmatch(schema):
+        return schema
+    # Prisma takes the name literally (mixed case, dashes), so quote it the same way.
+    return '"' + schema.replace('"', '""') + '"'
+
+
+def _dsn_whole_number(name: str, key: str, raw: str | None) -> int | None:
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{name} has {key}={raw!r}; use a whole number >= 0.")
+    return value
+
+
+def _dsn_connect_timeout(name: str, raw: str | None) -> float | None:
+    seconds = _dsn_whole_number(name, "connect_timeout", raw)
+    # 0 means "wait forever" to libpq and Prisma; a daemon that reconnects on its own must not
+    # hang in a connect, so 0 keeps asyncpg's default (60 s) instead.
+    if not seconds:
+        return None
+    # libpq waits at least 2 s whatever the URL says; do the same.
+    return float(max(seconds, 2))

@@ -22,6 +22,7 @@ import asyncpg
 import trio
 from trio_asyncio import aio_as_trio
 
+from reactor.config import dsn_parameters
 from reactor.logs import get_logger
 from reactor.sqlfiles import Query
 
@@ -67,7 +68,15 @@ def _translate(exc: BaseException) -> DatabaseError:
 
 
 def is_pooler(dsn: str) -> bool:
-    return "-pooler" in (urlsplit(dsn).hostname or "")
+    """A Neon ``-pooler`` host, or a URL that says ``pgbouncer=true`` (Prisma's flag)."""
+    if "-pooler" in (urlsplit(dsn).hostname or ""):
+        return True
+    return dsn_parameters("the database URL", dsn).pgbouncer
+
+
+# Sets of dropped URL parameters already reported: the warning is for the operator at start-up,
+# not once per listener reconnect or pool.
+_REPORTED_DROPS: set[frozenset[str]] = set()
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:
@@ -85,16 +94,44 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 def _connect_kwargs(dsn: str, application_name: str) -> dict[str, Any]:
+    """asyncpg's arguments for ``dsn``, whose query string may be written for Prisma or libpq.
+
+    Only the parameters asyncpg reads itself stay in the URL (it would send any other one to
+    the server, which refuses the connection); the rest become asyncpg arguments or are
+    dropped, as sorted by ``reactor.config.dsn_parameters``.
+    """
+    params = dsn_parameters("the database URL", dsn)
+    base, _, rest = dsn.partition("?")
+    _query, hash_mark, fragment = rest.partition("#")
+    query = "&".join(params.kept)
+    # Rebuilt by hand, not with urlunsplit: the user, password and host stay byte for byte.
+    cleaned = base + (f"?{query}" if query else "") + hash_mark + fragment
     kwargs: dict[str, Any] = {
-        "dsn": dsn,
-        # Prisma writes timestamp(3) columns in UTC; our now() must land in the same zone.
-        "server_settings": {"application_name": application_name[:63], "TimeZone": "UTC"},
+        "dsn": cleaned,
+        "server_settings": {
+            **params.server_settings,
+            # Prisma writes timestamp(3) columns in UTC; our now() must land in the same zone.
+            "application_name": application_name[:63],
+            "TimeZone": "UTC",
+        },
         "command_timeout": 60,
     }
-    if is_pooler(dsn):
+    if params.connect_timeout is not None:
+        kwargs["timeout"] = params.connect_timeout
+    if params.statement_cache_size is not None:
+        kwargs["statement_cache_size"] = params.statement_cache_size
+    if params.pgbouncer or is_pooler(dsn):
         # A transaction pooler (PgBouncer, Neon -pooler) may hand each statement to another
         # server session, where a prepared statement cached by asyncpg does not exist.
         kwargs["statement_cache_size"] = 0
+    if params.dropped and frozenset(params.dropped) not in _REPORTED_DROPS:
+        _REPORTED_DROPS.add(frozenset(params.dropped))
+        log.warning(
+            "db.url_parameters_ignored",
+            host=urlsplit(dsn).hostname,
+            parameters=sorted(params.dropped),
+            why="; ".join(f"{name}: {reason}" for name, reason in params.dropped.items()),
+        )
     return kwargs
 
 
@@ -132,13 +169,15 @@ class Database:
     async def connect(
         cls, dsn: str, *, min_size: int = 1, max_size: int = 8, application_name: str = "reactor"
     ) -> Database:
+        # Outside the try: a bad URL is a ConfigError to fix, not an outage to wait out.
+        kwargs = _connect_kwargs(dsn, application_name)
         try:
             pool = await aio_as_trio(asyncpg.create_pool)(
                 min_size=min_size,
                 max_size=max_size,
                 init=_init_connection,
                 reset=_keep_session,
-                **_connect_kwargs(dsn, application_name),
+                **kwargs,
             )
         except Exception as exc:
             raise _translate(exc) from exc
@@ -222,8 +261,9 @@ class ListenSession:
         *,
         application_name: str,
     ) -> ListenSession:
+        kwargs = _connect_kwargs(dsn, application_name)  # a ConfigError is not an outage
         try:
-            conn = await aio_as_trio(asyncpg.connect)(**_connect_kwargs(dsn, application_name))
+            conn = await aio_as_trio(asyncpg.connect)(**kwargs)
         except Exception as exc:
             raise _translate(exc) from exc
         session = cls(conn)

@@ -12,13 +12,17 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from reactor.config import INSTANCE_ID_RE
+
 JOB_ENQUEUED = "job_enqueued"
 JOB_STATUS_CHANGED = "job_status_changed"
 WORKER_CONNECTED = "worker_connected"
 APP_CHANGES = "scrum4me_changes"
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_WORD = re.compile(r"^[A-Z_]{1,64}$")
+# Matched with fullmatch: "^...$" would let "id\n" through ("$" matches before a final
+# newline), and a payload is input from anyone who can NOTIFY.
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_WORD = re.compile(r"[A-Z_]{1,64}")
 
 
 class MalformedPayload(ValueError):
@@ -73,7 +77,7 @@ def parse(channel: str, payload: str) -> Event | None:
         )
     if channel == WORKER_CONNECTED:
         return WorkerConnected(
-            _id(data, "worker_id"), _id(data, "user_id"), _id(data, "instance_id", 128)
+            _id(data, "worker_id"), _id(data, "user_id"), _instance_id(data, "instance_id")
         )
     if channel == APP_CHANGES:
         if data.get("type") != "claude_job_enqueued":
@@ -100,8 +104,17 @@ def _json_object(payload: str) -> dict[str, Any]:
 
 def _id(data: dict[str, Any], key: str, limit: int = 128) -> str:
     value = data.get(key)
-    if not isinstance(value, str) or len(value) > limit or not _ID.match(value):
+    if not isinstance(value, str) or len(value) > limit or _ID.fullmatch(value) is None:
         raise MalformedPayload(f"{key} is missing or not an id")
+    return value
+
+
+def _instance_id(data: dict[str, Any], key: str) -> str:
+    # Instance ids follow SCRUM4ME_INSTANCE_ID's rule, not the cuid one: the defaults carry the
+    # host name, which may contain dots (mcp-laptop.local-4242).
+    value = data.get(key)
+    if not isinstance(value, str) or INSTANCE_ID_RE.fullmatch(value) is None:
+        raise MalformedPayload(f"{key} is missing or not an instance id")
     return value
 
 
@@ -111,6 +124,6 @@ def _optional_id(data: dict[str, Any], key: str) -> str | None:
 
 def _word(data: dict[str, Any], key: str) -> str:
     value = data.get(key)
-    if not isinstance(value, str) or not _WORD.match(value):
+    if not isinstance(value, str) or _WORD.fullmatch(value) is None:
         raise MalformedPayload(f"{key} is missing or not an enum value")
     return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from handlers import validate
 from handlers.validate import InvalidInput
+from reactor import events
 
 ID_CHECKS: list[tuple[str, Callable[[str], str]]] = [
     ("job_id", validate.job_id),
@@ -186,3 +188,40 @@ def test_story_branch_uses_the_last_eight_characters_of_the_story_id() -> None:
 def test_story_branch_rejects_unsafe_story_ids(story: str) -> None:
     with pytest.raises(InvalidInput, match="story_id"):
         validate.story_branch(story)
+
+
+_STATUS_CHANGE = {
+    "job_id": "cjob1",
+    "user_id": "cuser1",
+    "product_id": "cprod1",
+    "task_id": None,
+    "kind": "TASK_IMPLEMENTATION",
+    "old_status": "RUNNING",
+    "new_status": "DONE",
+}
+
+
+def test_a_well_formed_status_change_parses() -> None:
+    event = events.parse(events.JOB_STATUS_CHANGED, json.dumps(_STATUS_CHANGE))
+    assert isinstance(event, events.JobStatusChanged)
+    assert (event.job_id, event.new_status) == ("cjob1", "DONE")
+
+
+@pytest.mark.parametrize("key", ["job_id", "user_id", "kind", "new_status"])
+def test_notification_fields_with_a_trailing_newline_are_malformed(key: str) -> None:
+    payload = {**_STATUS_CHANGE, key: f"{_STATUS_CHANGE[key]}\n"}
+    with pytest.raises(events.MalformedPayload, match=key):
+        events.parse(events.JOB_STATUS_CHANGED, json.dumps(payload))
+
+
+def test_worker_connected_instance_id_with_a_trailing_newline_is_malformed() -> None:
+    payload = {"worker_id": "cw1", "user_id": "cu1", "instance_id": "mcp-nas-7\n"}
+    with pytest.raises(events.MalformedPayload, match="instance_id"):
+        events.parse(events.WORKER_CONNECTED, json.dumps(payload))
+
+
+def test_worker_connected_accepts_a_default_instance_id_with_a_dotted_host() -> None:
+    payload = {"worker_id": "cw1", "user_id": "cu1", "instance_id": "mcp-laptop.local-4242"}
+    event = events.parse(events.WORKER_CONNECTED, json.dumps(payload))
+    assert isinstance(event, events.WorkerConnected)
+    assert event.instance_id == "mcp-laptop.local-4242"
