@@ -2,12 +2,14 @@
 
 Every test starts the CLI with a minimal environment whose HOME and XDG directories live in
 the test's tmp_path, so neither the developer's settings nor the real
-``~/.local/share/reactor`` can leak in. DATABASE_URL is always given: without it the CLI
-would start an embedded server, which only tests/test_demo.py is meant to do.
+``~/.local/share/reactor`` can leak in. DATABASE_URL is given everywhere but in one migrate
+test, which starts the embedded default in its tmp_path on purpose (the only other embedded
+start is tests/test_demo.py's).
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -25,13 +27,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import psutil
 import pytest
 import trio
 
 from reactor.db import Database, ListenSession
 from reactor.ids import new_cuid
-from reactor.sqlfiles import Query, query
+from reactor.sqlfiles import Query, load_migrations, query
 from tests.factory import World, add_story, enqueue, make_user, make_world
 from tests.gitrepo import make_setup
 from tests.pg import PgServer, unique_name
@@ -181,6 +185,79 @@ def shared_dsn(pg_server: PgServer, template_db: str) -> Iterator[str]:
 # --- help ------------------------------------------------------------------------------------
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_configuration() -> dict[str, str]:
+    """The README's Configuration table: every ``| `NAME` | default |`` row, backticks gone."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([^`]+)` \| ([^|]*) \|", section, re.M)
+    return {name: default.strip().replace("`", "") for name, default in rows}
+
+
+def flat(text: str) -> str:
+    """Help text with its wrapping undone: one space wherever there was any whitespace."""
+    return " ".join(text.split())
+
+
+def environment_entries(help_text: str) -> list[str]:
+    """The variable names listed in the ``environment`` section of a help text, in order."""
+    section = help_text.split("\nenvironment (", 1)[1].split("\n\n", 1)[0]
+    return re.findall(r"^  (\S+) \(", section, re.M)
+
+
+def test_the_readme_configuration_table_is_found() -> None:
+    # Guards the parser below: a changed table layout must fail loudly, not check nothing.
+    settings = readme_configuration()
+    assert len(settings) >= 30, settings
+    assert settings["REACTOR_HEALTH_PORT"] == "8080"
+    assert settings["SCRUM4ME_TOKEN"] == "—"
+
+
+def test_run_help_explains_every_readme_setting_with_the_readmes_default(tmp_path: Path) -> None:
+    result = reactor_cli(cli_env(tmp_path), "run", "--help")
+    assert result.code == 0, result.err
+    text = flat(result.out)
+    for name, default in readme_configuration().items():
+        if default == "—":
+            assert name in text, name
+        else:
+            # The default as the README states it opens the variable's entry.
+            assert f"{name} (default: {default}" in text, (name, default)
+    daemon_only = set(readme_configuration()) - {"SCRUM4ME_JOB_ID"}  # mcp reads that one
+    assert daemon_only <= set(environment_entries(result.out))
+
+
+async def test_each_commands_help_lists_the_variables_that_command_reads(tmp_path: Path) -> None:
+    env = cli_env(tmp_path)
+    results = await run_many([(env, (command, "--help")) for command in COMMANDS])
+    listed = {
+        command: environment_entries(result.out)
+        for command, result in zip(COMMANDS, results, strict=True)
+    }
+    readme = set(readme_configuration())
+    # Every README setting is explained by at least one command, in the README's words.
+    assert readme <= {name for names in listed.values() for name in names}
+    for command in ("run", "mcp", "migrate", "enqueue", "status"):
+        assert {"DATABASE_URL", "DIRECT_URL", "REACTOR_DATA_DIR"} <= set(listed[command])
+        assert "REACTOR_LOG_LEVEL" in listed[command]
+    for command in ("run", "mcp", "enqueue", "status"):
+        assert "SCRUM4ME_TOKEN" in listed[command]
+    assert {"SCRUM4ME_JOB_ID", "REACTOR_KINDS", "SCRUM4ME_AGENT_WORKTREE_DIR"} <= set(listed["mcp"])
+    assert "REACTOR_HEALTH_PORT" not in listed["mcp"]
+    assert set(listed["migrate"]) == {
+        "DATABASE_URL",
+        "DIRECT_URL",
+        "REACTOR_DATA_DIR",
+        "REACTOR_LOG_LEVEL",
+        "REACTOR_LOG_FORMAT",
+    }
+    # The demo uses the embedded server and its own token whatever the environment says.
+    assert "REACTOR_DATA_DIR" in listed["demo"]
+    assert not {"DATABASE_URL", "DIRECT_URL", "SCRUM4ME_TOKEN"} & set(listed["demo"])
+
+
 def test_top_level_help_names_the_environment_and_the_exit_codes(tmp_path: Path) -> None:
     result = reactor_cli(cli_env(tmp_path), "--help")
     assert result.code == 0, result.err
@@ -191,19 +268,94 @@ def test_top_level_help_names_the_environment_and_the_exit_codes(tmp_path: Path)
     )
 
 
-async def test_every_command_has_help_that_exits_zero(tmp_path: Path) -> None:
+async def test_every_command_has_help_that_exits_zero_within_100_columns(
+    tmp_path: Path,
+) -> None:
+    # A wide terminal must not make the help wider than 100 columns.
+    env: Mapping[str, str] = cli_env(tmp_path, COLUMNS="250")
+    calls = [(env, ("--help",)), *((env, (command, "--help")) for command in COMMANDS)]
+    results = await run_many(calls)
+    for (_env, args), result in zip(calls, results, strict=True):
+        assert result.code == 0, (args, result.err)
+        usage = "usage: reactor " + ("" if args[0] == "--help" else f"{args[0]} ")
+        assert result.out.startswith(usage), (args, result.out)
+        too_wide = [line for line in result.out.splitlines() if len(line) > 100]
+        assert too_wide == [], (args, too_wide)
+        assert "exit codes: 0 ok" in result.out, args
+
+
+def test_every_option_is_explained_with_its_default() -> None:
+    from reactor.cli import _parser
+
+    parser = _parser()
+    subparsers = [
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    ]
+    assert len(subparsers) == 1
+    commands: dict[str, argparse.ArgumentParser] = dict(subparsers[0].choices)
+    assert sorted(commands) == sorted(COMMANDS)
+    for name, command in [("reactor", parser), *commands.items()]:
+        for action in command._actions:
+            if not action.option_strings or action.dest in ("help", "version"):
+                continue
+            assert action.help, (name, action.option_strings)
+            if action.nargs != 0:  # takes a value: say what happens without it
+                assert "default" in action.help or "required" in action.help, (
+                    name,
+                    action.option_strings,
+                )
+
+
+def test_run_and_friends_say_what_they_need_and_where_they_connect(tmp_path: Path) -> None:
     env = cli_env(tmp_path)
-    results = await run_many([(env, (command, "--help")) for command in COMMANDS])
-    for command, result in zip(COMMANDS, results, strict=True):
-        assert result.code == 0, (command, result.err)
-        assert result.out.startswith(f"usage: reactor {command}"), result.out
+    run, mcp, migrate_help, enqueue_help, top = (
+        flat(reactor_cli(env, *args).out)
+        for args in (
+            ("run", "--help"),
+            ("mcp", "--help"),
+            ("migrate", "--help"),
+            ("enqueue", "--help"),
+            ("--help",),
+        )
+    )
+    assert "SCRUM4ME_TOKEN is required" in run
+    assert "SCRUM4ME_TOKEN (required)" in run
+    assert "Queries go to DATABASE_URL and the LISTEN session to DIRECT_URL" in run
+    for option, variable in (
+        ("--agent-command", "REACTOR_AGENT_COMMAND"),
+        ("--concurrency", "REACTOR_CONCURRENCY"),
+        ("--port", "REACTOR_HEALTH_PORT"),
+        ("--host", "REACTOR_HTTP_HOST"),
+        ("--kinds", "REACTOR_KINDS"),
+    ):
+        assert f"{option} overrides it" in run, option
+        assert f"env {variable}" in run, option
+    assert "SCRUM4ME_TOKEN is required" in mcp
+    assert "(env REACTOR_KINDS, default TASK_IMPLEMENTATION;" in mcp
+    assert "Connects to DIRECT_URL when it is set, else DATABASE_URL" in migrate_help
+    # --kind shows its choices in the help, not only a metavar.
+    assert "job kind, one of TASK_IMPLEMENTATION, IDEA_GRILL," in enqueue_help
+    assert "DOCS_AUDIT (default TASK_IMPLEMENTATION)" in enqueue_help
+    assert "-v, --verbose migrate, enqueue and status: log at REACTOR_LOG_LEVEL" in top
+    # The top-level list says which commands read each variable.
+    assert "Read by: run, mcp, migrate, enqueue, status, demo." in top
 
 
-def test_run_help_documents_the_daemons_environment_variables(tmp_path: Path) -> None:
-    result = reactor_cli(cli_env(tmp_path), "run", "--help")
-    assert result.code == 0, result.err
-    for name in ("REACTOR_AGENT_COMMAND", "REACTOR_CONCURRENCY", "REACTOR_HEALTH_PORT"):
-        assert name in result.out
+async def test_verbose_works_before_and_after_a_one_shot_command(
+    tmp_path: Path, shared_dsn: str
+) -> None:
+    env = cli_env(tmp_path, DATABASE_URL=shared_dsn, REACTOR_LOG_FORMAT="json")
+    quiet, before, after = await run_many(
+        [(env, ("migrate",)), (env, ("-v", "migrate")), (env, ("migrate", "-v"))]
+    )
+    steps = []
+    for result in (quiet, before, after):
+        assert result.code == 0, result.err
+        events = [json.loads(line) for line in result.err.splitlines()]
+        steps.append([event["migration"] for event in events if event["event"] == "migrate.step"])
+    # migrate.step is logged at info: only -v (REACTOR_LOG_LEVEL's default) shows it.
+    assert steps[0] == []
+    assert steps[1] == steps[2] != []
 
 
 # --- migrate ---------------------------------------------------------------------------------
@@ -214,8 +366,34 @@ def test_migrate_on_a_migrated_database_says_everything_is_already_applied(
 ) -> None:
     result = reactor_cli(cli_env(tmp_path, DATABASE_URL=dsn), "migrate")
     assert result.code == 0, result.err
+    assert result.out.startswith(f"migrate: database {dsn} (from DATABASE_URL)\n"), result.out
     assert "0 applied" in result.out
     assert re.search(r"\b[1-9]\d* already applied", result.out), result.out
+
+
+def with_password(dsn: str, password: str) -> str:
+    """``dsn`` with a password in its user info and in the query string (trust auth ignores
+    both; the test server accepts any password)."""
+    parts = urlsplit(dsn)
+    user, _, host = parts.netloc.rpartition("@")
+    query = "&".join(piece for piece in (parts.query, f"password={password}-q") if piece)
+    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}", query=query))
+
+
+def test_migrate_prints_the_direct_url_it_uses_with_the_password_masked(
+    tmp_path: Path, dsn: str
+) -> None:
+    secret = "s3cret-" + new_cuid()
+    direct = with_password(dsn, secret)
+    env = cli_env(tmp_path, DATABASE_URL="postgresql://other@db.invalid/x", DIRECT_URL=direct)
+    result = reactor_cli(env, "migrate", "-v")
+    assert result.code == 0, result.err
+    first = result.out.splitlines()[0]
+    assert first.startswith("migrate: database "), result.out
+    assert first.endswith(" (from DIRECT_URL)"), first
+    assert ":***@" in first
+    assert "password=***" in first
+    assert secret not in result.out + result.err
 
 
 async def test_migrate_on_an_empty_database_exits_3_names_the_flag_and_creates_nothing(
@@ -245,6 +423,59 @@ def test_migrate_with_app_schema_builds_an_empty_database_and_is_idempotent(
     assert second.code == 0, second.err
     assert "0 applied" in second.out
     assert "app schema present (left untouched)" in second.out
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info.get("cmdline") or [])
+        if text in cmdline:
+            found.append(cmdline)
+    return found
+
+
+async def test_migrate_on_the_embedded_default_names_it_and_reports_what_it_created(
+    tmp_path: Path,
+) -> None:
+    # No DATABASE_URL: the embedded server, initialised in this test's XDG data directory.
+    (tmp_path / "tmp").mkdir()
+    env = cli_env(tmp_path, TMPDIR=str(tmp_path / "tmp"))
+    data_dir = tmp_path / "xdg-data" / "reactor"
+    migrations = [f"{m.version:04d}_{m.name}" for m in load_migrations()]
+    first = await run_cli(env, "migrate")
+    assert first.code == 0, first.err
+    lines = first.out.splitlines()
+    assert lines[0].startswith(f"migrate: using the embedded PostgreSQL in {data_dir} "), lines
+    assert "DATABASE_URL is not set" in lines[0]
+    assert re.fullmatch(r"migrate: database postgresql://postgres@/scrum4me\?host=\S+", lines[1])
+    # Starting the server created the app schema and applied everything: the report says so.
+    assert lines[2:] == [
+        "app schema: created",
+        *(f"{label}: applied" for label in migrations),
+        f"migrate: {len(migrations)} applied, 0 already applied; app schema created",
+    ]
+    second = await run_cli(env, "migrate")
+    assert second.code == 0, second.err
+    assert second.out.splitlines()[:2] == lines[:2]
+    assert second.out.splitlines()[2:] == [
+        "app schema: present (left untouched)",
+        *(f"{label}: already applied" for label in migrations),
+        f"migrate: 0 applied, {len(migrations)} already applied; "
+        "app schema present (left untouched)",
+    ]
+    # The server stops with its last user.
+    pgdata = data_dir / "pgdata"
+    await eventually(
+        lambda: not processes_mentioning(str(pgdata)) and not (pgdata / "postmaster.pid").exists(),
+        within=10,
+    )
+
+
+def test_migrate_refuses_direct_url_without_database_url(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, DIRECT_URL=UNREACHABLE)
+    result = reactor_cli(env, "migrate")
+    assert_refused(result, 2, "DIRECT_URL is set but DATABASE_URL is not")
+    assert not (tmp_path / "xdg-data").exists()  # no embedded server was started
 
 
 # --- enqueue ---------------------------------------------------------------------------------
