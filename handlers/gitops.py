@@ -134,8 +134,12 @@ def create_worktree(
     *,
     reuse_branch: bool,
     link_node_modules: bool = True,
+    in_use: frozenset[str] = frozenset(),
 ) -> WorktreeInfo:
     """Create ``<worktree_dir>/<job_id>`` on ``branch``, based on origin's default branch.
+
+    ``in_use`` are job ids whose worktrees hold work in progress: if one of them holds
+    ``branch``, this fails instead of evicting it.
 
     Raises:
         InvalidInput: ``job_id`` or ``branch`` is unsafe (nothing on disk is touched).
@@ -148,7 +152,7 @@ def create_worktree(
     path = worktree_dir / job_id
     try:
         return _create_locked(
-            repo_root, worktree_dir, path, branch, reuse_branch, link_node_modules
+            repo_root, worktree_dir, path, branch, reuse_branch, link_node_modules, in_use
         )
     except OSError as exc:
         # The lock file and the directory itself: a file in the way, a read-only or full disk.
@@ -165,6 +169,7 @@ def _create_locked(
     branch: str,
     reuse_branch: bool,
     link_node_modules: bool,
+    in_use: frozenset[str],
 ) -> WorktreeInfo:
     with repo_lock(worktree_dir, repo_root), open_repo(repo_root) as repo:
         if os.path.lexists(path):
@@ -175,7 +180,7 @@ def _create_locked(
         fetch_origin(repo)
         base_ref = default_ref(repo)
         run(repo, "worktree", "prune")  # forget worktrees whose directory was deleted by hand
-        removed = _evict_stale_holders(repo, branch, worktree_dir)
+        removed = _evict_stale_holders(repo, branch, worktree_dir, in_use)
         plan: _Plan | None = None
         created_branch = False
         try:
@@ -203,7 +208,9 @@ def _create_locked(
     return WorktreeInfo(path, plan.branch, base_ref, sha, plan.reused, removed)
 
 
-def _evict_stale_holders(repo: git.Repo, branch: str, worktree_dir: Path) -> tuple[Path, ...]:
+def _evict_stale_holders(
+    repo: git.Repo, branch: str, worktree_dir: Path, in_use: frozenset[str]
+) -> tuple[Path, ...]:
     # git refuses to check a branch out twice; the holder is a finished sibling's worktree.
     removed: list[Path] = []
     for entry in worktrees(repo):
@@ -214,6 +221,11 @@ def _evict_stale_holders(repo: git.Repo, branch: str, worktree_dir: Path) -> tup
             raise GitError(
                 f"Branch {branch} is checked out at {entry.path}, outside {worktree_dir}. "
                 "Check out another branch there or remove that worktree."
+            )
+        if entry.path.name in in_use:
+            raise GitError(
+                f"Branch {branch} is checked out at {entry.path} by job {entry.path.name}, "
+                "which is still claimed or running; this job waits until that one ends."
             )
         remove_worktree_dir(repo, entry.path, registered=True)
         log.info(
@@ -355,7 +367,9 @@ def push_branch(worktree_path: Path, branch: str, base_sha: str | None) -> PushR
             base = base_sha or run(repo, "rev-parse", f"{default_ref(repo)}^{{commit}}")
         except GitError as exc:
             return PushResult("failed", "unknown", f"cannot resolve a base to compare: {exc}", None)
-        if head == base:
+        if head == base and _origin_has(repo, head, branch):
+            # An earlier attempt's unpushed commits sit below the base of a retried job's
+            # worktree, so "HEAD is the base" alone does not mean there is nothing to push.
             return PushResult("no-changes", None, f"HEAD {head[:12]} equals the base", None)
         if local_tip(repo, branch) != head:
             # Pushing the branch would publish a commit other than the work in this worktree.
@@ -368,6 +382,13 @@ def push_branch(worktree_path: Path, branch: str, base_sha: str | None) -> PushR
         return PushResult("pushed", None, result.err, head)
     detail = result.err or f"git push exited with status {result.status}"
     return PushResult("failed", classify_push_failure(detail), detail, None)
+
+
+def _origin_has(repo: git.Repo, commit: str, branch: str) -> bool:
+    try:
+        return tip_on_origin(repo, commit, branch, default_ref(repo))
+    except GitError:
+        return False  # nothing to compare with: let the push decide
 
 
 def classify_push_failure(stderr: str) -> PushReason:

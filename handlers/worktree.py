@@ -1,8 +1,9 @@
 """Make a claimed TASK_IMPLEMENTATION job workable: repo root, story branch, worktree.
 
-Branch per story: the job reuses the branch of the oldest sibling job that has one, else
-``feat/story-<last 8 of the story id>``. Any failure gives the claim back (QUEUED, retry
-count unchanged, half-made worktree removed) and explains what to configure.
+Branch per story: the job continues the branch of the story's oldest job that has one (its
+own, for a retry), else ``feat/story-<last 8 of the story id>``. Any failure gives the claim
+back (QUEUED, retry count unchanged, half-made worktree removed) and explains what to
+configure.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ log = get_logger("reactor.worktree")
 
 _OWNERSHIP = query("jobs.ownership")
 _STORY_BRANCH = query("jobs.story_branch")
+_ACTIVE_SIBLINGS = query("jobs.active_story_jobs")
 _SET_WORKTREE = query("jobs.set_worktree")
 
 
@@ -73,6 +75,7 @@ async def attach_worktree(
     try:
         await _clear_earlier_attempt(ws, root.path, job_id)
         branch, reused = await _story_branch(db, job_id, row["story_id"])
+        in_use = await _active_siblings(db, job_id, row["story_id"])
         info = await ws.git.run(
             gitops.create_worktree,
             root.path,
@@ -80,6 +83,7 @@ async def attach_worktree(
             job_id,
             branch,
             reuse_branch=reused,
+            in_use=in_use,
             repo=root.path,
         )
     except (gitops.GitError, validate.InvalidInput, OSError) as exc:
@@ -149,12 +153,19 @@ async def _clear_earlier_attempt(ws: Workspace, repo_root: Path, job_id: str) ->
 
 
 async def _story_branch(db: Database, job_id: str, story_id: str | None) -> tuple[str, bool]:
+    """The branch to work on, and whether it exists already (continue it as it is)."""
     if story_id is None:
         return validate.branch_name(f"feat/job-{job_id[-8:]}"), False
-    existing = await db.fetchval(_STORY_BRANCH, story_id, job_id)
+    existing = await db.fetchrow(_STORY_BRANCH, story_id)
     if existing is not None:
-        return validate.branch_name(existing), True
+        return validate.branch_name(existing["branch"]), True
     return validate.story_branch(story_id), False
+
+
+async def _active_siblings(db: Database, job_id: str, story_id: str | None) -> frozenset[str]:
+    if story_id is None:
+        return frozenset()
+    return frozenset(row["id"] for row in await db.fetch(_ACTIVE_SIBLINGS, story_id, job_id))
 
 
 async def _give_back(db: Database, worker: Worker, job_id: str, reason: str) -> None:

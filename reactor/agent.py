@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 import trio
 
+from handlers import validate
 from handlers.claim import ClaimedJob, renew_leases, rollback_claim
 from handlers.errors import HandlerError
 from handlers.transition import StatusReport, update_job_status
@@ -160,6 +161,7 @@ class AgentSlots:
         job = run.job
         log_dir = self._settings.log_dir
         await trio.Path(log_dir).mkdir(parents=True, exist_ok=True)
+        validate.job_id(job.id)  # the claim only takes safe ids; never build a path from others
         context_file = log_dir / f"{job.id}.context.json"
         await trio.Path(context_file).write_text(
             json.dumps(context, indent=2, default=str), encoding="utf-8"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -27,7 +27,7 @@ from reactor.health import AgentStats
 from reactor.jobflow import CleanupService
 from reactor.logs import get_logger
 from reactor.mcp_tools import ToolHost, build_server
-from reactor.migrate import check_schema, migrate
+from reactor.migrate import MigrateReport, check_schema, migrate
 from reactor.runtime import Reactor
 from reactor.sqlfiles import query
 from reactor.tokens import TokenCache
@@ -54,19 +54,30 @@ def check_import_order() -> None:
         )
 
 
-async def start_embedded(settings: Settings) -> Settings:
-    """Start (or reuse) the embedded server and point the settings at its migrated database."""
+async def start_embedded(
+    settings: Settings, *, on_migrated: Callable[[MigrateReport], None] | None = None
+) -> Settings:
+    """Start (or reuse) the embedded server and point the settings at its migrated database.
+
+    ``on_migrated`` receives what migrating it did (``reactor migrate`` reports it).
+    """
     log.info("embedded.starting", data_dir=str(settings.data_dir), why="DATABASE_URL is not set")
-    dsn = await embedded_database(settings, demo=False)
+    dsn = await embedded_database(settings, demo=False, on_migrated=on_migrated)
     log.info("embedded.database", dsn=dsn, why="using the embedded default")
     return settings.with_overrides(database_url=dsn)
 
 
-async def embedded_database(settings: Settings, *, demo: bool) -> str:
+async def embedded_database(
+    settings: Settings,
+    *,
+    demo: bool,
+    on_migrated: Callable[[MigrateReport], None] | None = None,
+) -> str:
     """A migrated database (with the app schema) on the embedded server; returns its DSN.
 
     ``demo`` uses the demo's own database, dropped and created fresh every time; otherwise
-    the app database, created once and then reused.
+    the app database, created once and then reused. ``on_migrated`` receives the report of
+    the migration (the app schema created or found, the migrations applied).
     """
     server = await trio.to_thread.run_sync(embedded.start, settings.data_dir)
     name = embedded.DEMO_DATABASE if demo else embedded.APP_DATABASE
@@ -84,9 +95,11 @@ async def embedded_database(settings: Settings, *, demo: bool) -> str:
     dsn = server.dsn(name)
     db = await Database.connect(dsn, max_size=2, application_name="reactor-migrate")
     try:
-        await migrate(db, with_app_schema=True)
+        report = await migrate(db, with_app_schema=True)
     finally:
         await db.close()
+    if on_migrated is not None:
+        on_migrated(report)
     return dsn
 
 
@@ -261,9 +274,12 @@ async def _cancel_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope
 async def _serve_stdio(settings: Settings, db: Database, launched_for_job: str | None) -> None:
     worker = await authenticate_token(db, settings, "mcp")
     ws = Workspace.from_settings(settings)
-    # Launched by `reactor run` for one job: the daemon already represents this worker.
+    # Launched by `reactor run` for one job: the daemon already represents this worker, and
+    # cleans up after the agent has left the worktree (cleaning here could pull it away while
+    # the agent's hooks still run in it).
     reactor = Reactor(settings, db, worker, role="mcp", register_presence=launched_for_job is None)
-    CleanupService(reactor, ws)
+    if launched_for_job is None:
+        CleanupService(reactor, ws)
 
     async def fixed_worker(_ctx: object) -> Worker:
         if not reactor.state.token_valid:
@@ -273,7 +289,7 @@ async def _serve_stdio(settings: Settings, db: Database, launched_for_job: str |
             )
         return worker
 
-    server = build_server(ToolHost(reactor, ws, fixed_worker))
+    server = build_server(ToolHost(reactor, ws, fixed_worker, launched_for_job=launched_for_job))
     async with trio.open_nursery() as nursery:
         await nursery.start(reactor.run)
         _settle_memory()

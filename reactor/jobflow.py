@@ -16,7 +16,7 @@ from handlers.cleanup import catch_up, cleanup_story
 from handlers.context import build_context, context_row
 from handlers.workspace import Workspace
 from handlers.worktree import WorktreeUnavailable, attach_worktree
-from reactor.db import DatabaseError
+from reactor.db import Database, DatabaseError
 from reactor.events import JobStatusChanged
 from reactor.logs import get_logger
 from reactor.runtime import TERMINAL, Reactor
@@ -25,6 +25,8 @@ from reactor.sqlfiles import query
 log = get_logger("reactor.jobflow")
 
 _STORY_OF_JOB = query("cleanup.story_of_job")
+_STATUS_OF = query("jobs.status_of")
+_STORY_BRANCH = query("jobs.story_branch")
 
 
 async def prepare_job(
@@ -53,6 +55,33 @@ async def prepare_job(
             branch_name=ready.branch,
             reused_branch=ready.reused_branch,
             base_sha=ready.base_sha,
+        )
+    return context
+
+
+async def launched_context(
+    db: Database, ws: Workspace, worker: Worker, job_id: str
+) -> dict[str, Any] | None:
+    """The context of a job this worker already holds (the daemon claimed and prepared it),
+    or None when it no longer holds it."""
+    row = await context_row(db, job_id)
+    held = await db.fetchrow(_STATUS_OF, job_id)
+    if row is None or held is None or held["status"] not in ("CLAIMED", "RUNNING"):
+        return None
+    if (held["claimed_by_token_id"], held["worker_instance_id"]) != (
+        worker.token_id,
+        worker.instance_id,
+    ):
+        return None
+    context = build_context(row)
+    path = ws.path_for(job_id) if ws.enabled else None
+    if path is not None and row["branch"] is not None and path.is_dir():
+        first = await db.fetchrow(_STORY_BRANCH, row["story_id"]) if row["story_id"] else None
+        context.update(
+            worktree_path=str(path),
+            branch_name=row["branch"],
+            reused_branch=first is not None and first["id"] != job_id,
+            base_sha=row["base_sha"],
         )
     return context
 

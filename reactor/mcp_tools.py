@@ -33,7 +33,7 @@ from handlers.transition import StatusReport, update_job_status
 from handlers.workspace import Workspace
 from reactor import __version__
 from reactor.db import DatabaseError
-from reactor.jobflow import prepare_job
+from reactor.jobflow import launched_context, prepare_job
 from reactor.logs import get_logger
 from reactor.pump import Waiter
 from reactor.runtime import Reactor
@@ -99,10 +99,21 @@ class ReactorMCP(MCPServer[Any]):
 class ToolHost:
     """The tool bodies: resolve who calls, run the handler, shape the answer."""
 
-    def __init__(self, reactor: Reactor, ws: Workspace, worker_source: WorkerSource) -> None:
+    def __init__(
+        self,
+        reactor: Reactor,
+        ws: Workspace,
+        worker_source: WorkerSource,
+        *,
+        launched_for_job: str | None = None,
+    ) -> None:
         self.reactor = reactor
         self.ws = ws
         self._worker_source = worker_source
+        # Set when `reactor run` launched the agent that started this server for one job:
+        # the daemon claims, renews and cleans up; this server only serves that job.
+        self._launched_for_job = launched_for_job
+        self._launched_delivered = False
 
     async def call(
         self, ctx: Context[Any, Any] | None, body: Callable[[Worker], Awaitable[dict[str, Any]]]
@@ -124,6 +135,8 @@ class ToolHost:
         worker.require_write()
         if product_id is not None:
             _checked("product_id", validate.product_id, product_id)
+        if self._launched_for_job is not None:
+            return await self._launched_job(worker, self._launched_for_job)
         pump = self.reactor.pump_for(worker)
         deadline = trio.current_time() + wait_seconds
         waiter = Waiter(product_id)
@@ -131,22 +144,41 @@ class ToolHost:
         try:
             with trio.move_on_at(deadline):
                 await waiter.wait_filled()
+            if waiter.job is None:
+                return {"status": "timeout", "message": "No job available within wait window"}
+            return await prepare_job(self.reactor, self.ws, worker, waiter.job)
+        except HandlerError:
+            raise  # prepare_job gave the claim back itself
+        except BaseException:
+            # The caller went away (or something broke) after the pump filled the waiter,
+            # possibly in the very tick the cancellation arrived: give the job back so another
+            # worker gets it now rather than after the lease expires.
+            if waiter.job is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await rollback_claim(
+                        self.reactor.db, worker, waiter.job.id, reason="caller gone"
+                    )
+            raise
         finally:
             waiter.closed = True
             pump.remove(waiter)
-        job = waiter.job
-        if job is None:
-            return {"status": "timeout", "message": "No job available within wait window"}
-        try:
-            return await prepare_job(self.reactor, self.ws, worker, job)
-        except HandlerError:
-            raise
-        except BaseException:
-            # The caller went away (or something broke) between claim and answer: give the job
-            # back so another worker gets it now rather than after the lease expires.
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await rollback_claim(self.reactor.db, worker, job.id, reason="caller gone")
-            raise
+
+    async def _launched_job(self, worker: Worker, job_id: str) -> dict[str, Any]:
+        """An agent launched by the daemon asks for work: hand it its own job, once.
+
+        The standard Scrum4Me prompt loops on wait_for_job. Claiming here would take jobs
+        under the daemon's instance id behind its back (past REACTOR_CONCURRENCY, without its
+        lease keeper), so the second call answers at once that there is nothing more."""
+        if not self._launched_delivered:
+            self._launched_delivered = True
+            context = await launched_context(self.reactor.db, self.ws, worker, job_id)
+            if context is not None:
+                return context
+        return {
+            "status": "timeout",
+            "message": f"This agent was launched by reactor run for job {job_id}; the daemon "
+            "hands out the next job. Finish with update_job_status and exit.",
+        }
 
 
 def _checked(field: str, check: Callable[[str], str], value: str) -> str:

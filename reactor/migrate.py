@@ -64,7 +64,9 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 _LOCK = query("migrations.lock")
+_SCHEMA = query("migrations.create_schema")
 _BOOKKEEPING = query("migrations.create_bookkeeping")
+_BOOKKEEPING_EXISTS = query("migrations.bookkeeping_exists")
 _APPLIED = query("migrations.applied")
 _RECORD = query("migrations.record")
 _EXISTING_TABLES = query("migrations.existing_tables")
@@ -136,7 +138,7 @@ async def missing_triggers(db: Database) -> dict[str, Migration]:
 
 async def _reinstall_lost_triggers(db: Database) -> list[str]:
     """Re-run (idempotent) migrations whose triggers vanished, e.g. after an app migration
-    dropped and recreated claude_jobs while reactor_migrations still lists them."""
+    dropped and recreated claude_jobs while reactor.migrations still lists them."""
     missing = await missing_triggers(db)
     labels = []
     for migration in sorted(set(missing.values()), key=lambda m: m.version):
@@ -180,8 +182,7 @@ async def check_schema(db: Database) -> None:
 
 
 async def _applied_rows(db: Database) -> list[dict[str, object]]:
-    exists = await db.fetch(_EXISTING_TABLES, ["reactor_migrations"])
-    if not exists:
+    if not await db.fetchval(_BOOKKEEPING_EXISTS):
         return []
     return [dict(row) for row in await db.fetch(_APPLIED)]
 
@@ -218,6 +219,7 @@ async def _ensure_app_schema(tx: Tx) -> str:
 
 async def _bootstrap(tx: Tx) -> None:
     await tx.execute(_LOCK)
+    await tx.execute(_SCHEMA)
     await tx.execute(_BOOKKEEPING)
 
 

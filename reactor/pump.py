@@ -82,6 +82,7 @@ class ClaimPump:
         self._cooling: dict[str, tuple[float, float]] = {}
         self.passes = 0
         self.claim_attempts = 0
+        self._closed = False
 
     def add(self, consumer: Consumer) -> None:
         self._consumers.append(consumer)
@@ -90,6 +91,15 @@ class ClaimPump:
     def remove(self, consumer: Consumer) -> None:
         if consumer in self._consumers:
             self._consumers.remove(consumer)
+
+    @property
+    def idle(self) -> bool:
+        return not self._consumers and not self._in_pass
+
+    def close(self) -> None:
+        """End ``run`` after the pass in progress (an MCP-over-HTTP caller went away)."""
+        self._closed = True
+        self._wake.set()
 
     def wake(self, why: str) -> None:
         """Ask for a pass; any number of calls before it runs cost one pass."""
@@ -131,6 +141,8 @@ class ClaimPump:
     async def run(self) -> None:
         while True:
             await self._wake.wait()
+            if self._closed:
+                return
             self._in_pass = True
             self._wake = trio.Event()
             try:

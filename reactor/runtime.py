@@ -38,6 +38,7 @@ from reactor.pump import ClaimPump
 log = get_logger("reactor.runtime")
 
 ACTIVE = frozenset({"QUEUED", "CLAIMED", "RUNNING"})
+LIVE_WORKERS_KEPT = 1000
 TERMINAL = frozenset({"DONE", "FAILED", "CANCELLED", "SKIPPED"})
 
 StatusHook = Callable[[JobStatusChanged], Awaitable[None]]
@@ -81,8 +82,9 @@ class Reactor:
             (worker.token_id, worker.instance_id): self.pump
         }
         self.dispatcher = Dispatcher(on_overflow=lambda: self.request_sweep("inbox overflow"))
-        self.dispatcher.register(JOB_ENQUEUED, self._on_enqueued)
-        self.dispatcher.register(APP_CHANGES, self._on_enqueued)
+        # Enqueues only wake pumps, so they run as reflexes: no task switch before the claim.
+        self.dispatcher.register_reflex(JOB_ENQUEUED, self._on_enqueued)
+        self.dispatcher.register_reflex(APP_CHANGES, self._on_enqueued)
         self.dispatcher.register(JOB_STATUS_CHANGED, self._on_status_changed)
         self.dispatcher.register(WORKER_CONNECTED, self._on_worker_connected)
         self.listener = Listener(
@@ -126,6 +128,16 @@ class Reactor:
             if not self.state.token_valid and worker.token_id == self.worker.token_id:
                 pump.pause("token revoked or expired")
         return pump
+
+    def forget_pump(self, worker: Worker) -> None:
+        """Drop the pump of an MCP-over-HTTP identity that went idle, so every distinct
+        instance id a client ever sent does not keep a task and its state for good."""
+        key = (worker.token_id, worker.instance_id)
+        pump = self._pumps.get(key)
+        if pump is None or pump is self.pump or not pump.idle:
+            return
+        del self._pumps[key]
+        pump.close()
 
     def pause_all(self, reason: str) -> None:
         """Stop every pump claiming (shutdown): the daemon's and the HTTP callers'."""
@@ -228,7 +240,7 @@ class Reactor:
     def _serves(self, user_id: str) -> bool:
         return any(pump.worker.user_id == user_id for pump in self._pumps.values())
 
-    async def _on_enqueued(self, event: Event) -> None:
+    def _on_enqueued(self, event: Event) -> None:
         assert isinstance(event, JobEnqueued)
         if event.kind is not None and event.kind not in self.settings.kinds:
             return
@@ -250,7 +262,13 @@ class Reactor:
         assert isinstance(event, WorkerConnected)
         if not self._serves(event.user_id):
             return
-        self.state.live_workers[event.instance_id] = LiveWorker(event.instance_id, time.time())
+        live = self.state.live_workers
+        live.pop(event.instance_id, None)
+        live[event.instance_id] = LiveWorker(event.instance_id, time.time())
+        # Instance ids come and go (one per agent run): keep the most recent ones only, so
+        # they do not pile up for the life of the process (dicts keep insertion order).
+        while len(live) > LIVE_WORKERS_KEPT:
+            del live[next(iter(live))]
         log.info("presence.worker_connected", instance_id=event.instance_id)
         self._wake_user(event.user_id, f"worker {event.instance_id} connected")
 

@@ -51,8 +51,9 @@ def http_worker_source(tokens: TokenCache) -> WorkerSource:
 class HttpPresence:
     """claude_workers rows for MCP-over-HTTP callers, alive while they make requests."""
 
-    def __init__(self, reactor: Reactor) -> None:
+    def __init__(self, reactor: Reactor, *, idle_after: float = IDLE_AFTER_SECONDS) -> None:
         self._reactor = reactor
+        self._idle_after = idle_after
         self._active: dict[tuple[str, str], int] = {}
         self._seen: dict[tuple[str, str], float] = {}
         self._workers: dict[tuple[str, str], Worker] = {}
@@ -101,10 +102,10 @@ class HttpPresence:
         db, now = self._reactor.db, trio.current_time()
         for key, worker in list(self._workers.items()):
             idle = (
-                self._active.get(key, 0) <= 0
-                and now - self._seen.get(key, now) > IDLE_AFTER_SECONDS
+                self._active.get(key, 0) <= 0 and now - self._seen.get(key, now) >= self._idle_after
             )
             if idle:
+                self._reactor.forget_pump(worker)
                 if key in self._registered:
                     await presence.unregister(db, worker)
                 self._workers.pop(key, None)

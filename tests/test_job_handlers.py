@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,16 +10,16 @@ from typing import Any
 import pytest
 
 from handlers.auth import Worker
-from handlers.claim import claim_job, rescue_expired
+from handlers.claim import claim_job, rescue_expired, rollback_claim
 from handlers.cleanup import catch_up, cleanup_my_worktrees, cleanup_story
 from handlers.errors import HandlerError
 from handlers.heartbeat import job_heartbeat
 from handlers.queue import check_queue_empty
 from handlers.repo_root import RepoRootConfig
-from handlers.transition import StatusReport, update_job_status
+from handlers.transition import ERROR_MAX, SUMMARY_MAX, StatusReport, update_job_status
 from handlers.workspace import GitRunner, Workspace
 from handlers.worktree import WorktreeUnavailable, attach_worktree
-from reactor.db import Database
+from reactor.db import Database, ListenSession
 from reactor.sqlfiles import Query
 from tests.factory import World, add_story, enqueue, make_world
 from tests.gitrepo import (
@@ -31,6 +32,7 @@ from tests.gitrepo import (
     push_from_other_clone,
 )
 from tests.running import worker_for
+from tests.waiting import eventually
 
 KINDS = ["TASK_IMPLEMENTATION"]
 
@@ -121,6 +123,65 @@ async def test_three_sibling_tasks_land_as_one_branch_with_three_commits(
     assert (
         await db.fetchval(sql("SELECT status::text FROM stories WHERE id = $1"), story.id) == "DONE"
     )
+
+
+@pytest.mark.parametrize("requeue", ["shutdown", "rescue"])
+async def test_a_retried_job_continues_its_own_branch_and_pushes_the_earlier_commits(
+    db: Database, tmp_path: Path, requeue: str
+) -> None:
+    env = await make_env(db, tmp_path)
+    story = await add_story(db, env.world)
+    job_id = await enqueue(db, env.world, story.task_ids[0])
+    await claim(db, env.worker)
+    first = await attach_worktree(db, env.ws, env.worker, job_id)
+    assert first is not None
+    commit(first.path, "attempt1.txt")
+    if requeue == "shutdown":
+        assert await rollback_claim(db, env.worker, job_id, reason="shutdown")
+    else:
+        await db.execute(sql("UPDATE claude_jobs SET lease_until = now() - interval '1 second'"))
+        await rescue_expired(db, env.world.user_id, kinds=KINDS, max_retries=2)
+    assert (await row(db, job_id))["s"] == "QUEUED"
+
+    await claim(db, env.worker)
+    again = await attach_worktree(db, env.ws, env.worker, job_id)
+    assert again is not None
+    assert again.branch == first.branch
+    assert (again.path / "attempt1.txt").is_file()
+    # Nothing new in the second attempt, yet the first attempt's commit is still unpushed.
+    out = await report(db, env, job_id, "done")
+    assert out["status"] == "done"
+    assert out["pushed_at"] is not None
+    assert commits_between(env.setup.origin, "main", first.branch) == 1
+    assert [b for b in branches(env.setup.root) if b.startswith("feat/")] == [first.branch]
+
+
+async def test_an_active_siblings_worktree_is_never_evicted_for_the_branch(
+    db: Database, tmp_path: Path
+) -> None:
+    # However a second job of the story came to be claimed (another scheduler, a hand edit),
+    # the running sibling's worktree holding the branch is left alone: the claim goes back.
+    env = await make_env(db, tmp_path)
+    story = await add_story(db, env.world, tasks=2)
+    first, second = [await enqueue(db, env.world, task) for task in story.task_ids]
+    await claim(db, env.worker)
+    ready = await attach_worktree(db, env.ws, env.worker, first)
+    assert ready is not None
+    (ready.path / "work-in-progress.txt").write_text("not committed yet\n")
+    await db.execute(
+        sql(
+            "UPDATE claude_jobs SET status = 'CLAIMED', claimed_by_token_id = $2, "
+            "worker_instance_id = $3, claimed_at = now(), lease_until = now() + interval '5 min' "
+            "WHERE id = $1"
+        ),
+        second,
+        env.worker.token_id,
+        env.worker.instance_id,
+    )
+    with pytest.raises(WorktreeUnavailable, match=f"by job {first}, which is still claimed"):
+        await attach_worktree(db, env.ws, env.worker, second)
+    assert (ready.path / "work-in-progress.txt").is_file()
+    assert (await row(db, second))["s"] == "QUEUED"
 
 
 async def test_a_master_default_branch_is_used_as_the_base(db: Database, tmp_path: Path) -> None:
@@ -332,6 +393,34 @@ async def test_next_action_counts_only_jobs_this_worker_could_claim(
     await claim(db, env.worker)
     out = await report(db, env, first, "failed", error="boom")
     assert out["next_action"] == "queue_empty"
+
+
+async def test_texts_that_overflow_the_notification_are_stored_and_left_out_of_it(
+    db: Database, dsn: str, tmp_path: Path
+) -> None:
+    # JSON writes each control character as six bytes: 1,000 + 500 of them would pass the
+    # 8,000-byte NOTIFY limit and, before, failed the whole report.
+    env = await make_env(db, tmp_path)
+    story = await add_story(db, env.world)
+    job_id = await enqueue(db, env.world, story.task_ids[0])
+    await claim(db, env.worker)
+    heard: list[str] = []
+    session = await ListenSession.open(
+        dsn, ["scrum4me_changes"], lambda _c, payload: heard.append(payload), lambda: None,
+        application_name="test-overflow",
+    )  # fmt: skip
+    try:
+        summary, error = "\x1b" * SUMMARY_MAX, "\x1b" * ERROR_MAX
+        out = await report(db, env, job_id, "failed", summary=summary, error=error)
+        assert (out["status"], out["summary"], out["error"]) == ("failed", summary, error)
+        await eventually(lambda: any(job_id in p and "failed" in p for p in heard), within=5)
+    finally:
+        await session.close()
+    message = json.loads(next(p for p in heard if job_id in p and "failed" in p))
+    assert message["texts_omitted"] is True
+    assert "summary" not in message
+    stored = await row(db, job_id)
+    assert (stored["summary"], stored["error"]) == (summary, error)
 
 
 async def test_skipped_is_allowed_with_a_reason(db: Database, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ async def test_migrate_without_app_schema_on_empty_database_names_the_flag(
 ) -> None:
     with pytest.raises(MigrationError, match="--with-app-schema"):
         await migrate(empty_db)
-    assert await empty_db.fetchval(sql("SELECT to_regclass('reactor_migrations')::text")) is None
+    assert await empty_db.fetchval(sql("SELECT to_regclass('reactor.migrations')::text")) is None
 
 
 async def test_migrate_is_idempotent(empty_db: Database) -> None:
@@ -43,7 +43,7 @@ async def test_migrate_is_idempotent(empty_db: Database) -> None:
     assert second.app_schema.startswith("present")
     assert second.applied == []
     assert second.already_applied == versions
-    assert await empty_db.fetchval(sql("SELECT count(*) FROM reactor_migrations")) == len(versions)
+    assert await empty_db.fetchval(sql("SELECT count(*) FROM reactor.migrations")) == len(versions)
 
 
 async def test_two_concurrent_migrations_both_succeed(aio_loop: None, empty_dsn: str) -> None:
@@ -71,7 +71,7 @@ async def test_two_concurrent_migrations_both_succeed(aio_loop: None, empty_dsn:
 
 async def test_a_changed_applied_migration_is_refused(empty_db: Database) -> None:
     await migrate(empty_db, with_app_schema=True)
-    await empty_db.execute(sql("UPDATE reactor_migrations SET checksum = 'f00' WHERE version = 1"))
+    await empty_db.execute(sql("UPDATE reactor.migrations SET checksum = 'f00' WHERE version = 1"))
     with pytest.raises(MigrationError, match=r"0001_job_notify_triggers .* changed") as caught:
         await migrate(empty_db)
     assert "new migration" in str(caught.value)
@@ -108,7 +108,7 @@ async def test_check_schema_lists_missing_columns_and_pending_migrations(db: Dat
     with pytest.raises(MigrationError, match=r"claude_jobs\.lease_until"):
         await check_schema(db)
     await db.execute(sql("ALTER TABLE claude_jobs ADD COLUMN lease_until TIMESTAMP(3)"))
-    await db.execute(sql("DELETE FROM reactor_migrations WHERE version = 2"))
+    await db.execute(sql("DELETE FROM reactor.migrations WHERE version = 2"))
     with pytest.raises(MigrationError, match="0002_worker_connected_trigger"):
         await check_schema(db)
 

@@ -146,6 +146,53 @@ async def test_a_failed_story_head_does_not_block_its_successor(
     assert collector.ids == [first, second]
 
 
+async def test_a_retried_story_head_waits_while_its_successor_runs(
+    db: Database, dsn: str, tmp_path: Path
+) -> None:
+    # The head failed, its successor took the story branch; then the UI retries the head.
+    # Two jobs of one story must never run at once: the retry waits for the successor.
+    world = await make_world(db)
+    story = await add_story(db, world, tasks=2)
+    first, second = [await enqueue(db, world, task_id) for task_id in story.task_ids]
+    collector = Collector(slots=3)
+    async with running_reactor(db, settings_for(dsn, world.token, tmp_path), world) as reactor:
+        reactor.pump.add(collector)
+        await collector.wait_for(1)
+        await finish(db, first, "FAILED")
+        await collector.wait_for(2)
+        await db.execute(
+            sql("UPDATE claude_jobs SET status = 'QUEUED', updated_at = now() WHERE id = $1"),
+            first,
+        )
+        await reactor.pump.wait_quiet()
+        reactor.pump.wake("test: after the retry")
+        await reactor.pump.wait_quiet()
+        assert collector.ids == [first, second]
+        await finish(db, second, "DONE")
+        await collector.wait_for(3)
+    assert collector.ids == [first, second, first]
+
+
+async def test_a_job_whose_id_could_escape_the_job_directories_is_never_claimed(
+    db: Database,
+) -> None:
+    world = await make_world(db)
+    hostile_story, good_story = await add_story(db, world), await add_story(db, world)
+    hostile = await enqueue(db, world, hostile_story.task_ids[0])
+    await db.execute(sql("UPDATE claude_jobs SET id = '../../etc/x' WHERE id = $1"), hostile)
+    good = await enqueue(db, world, good_story.task_ids[0])
+    worker = await worker_for(db, world, "w1")
+    claimed = [
+        await claim_job(
+            db, worker, kinds=["TASK_IMPLEMENTATION"], product_id=None, lease_seconds=300,
+            consumer="test",
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    assert [job.id if job else None for job in claimed] == [good, None]
+    assert await status_of(db, "../../etc/x") == "QUEUED"
+
+
 async def test_sprint_sequence_barrier_and_run_state(
     db: Database, dsn: str, tmp_path: Path
 ) -> None:
@@ -505,3 +552,26 @@ def test_registering_two_handlers_for_one_channel_is_an_error() -> None:
     dispatcher.register("job_enqueued", handler)
     with pytest.raises(ValueError, match="already registered"):
         dispatcher.register("job_enqueued", handler)
+    with pytest.raises(ValueError, match="already registered"):
+        dispatcher.register_reflex("job_enqueued", lambda _event: None)
+    dispatcher.register_reflex("scrum4me_changes", lambda _event: None)
+    with pytest.raises(ValueError, match="already registered"):
+        dispatcher.register("scrum4me_changes", handler)
+
+
+def test_a_reflex_runs_in_the_callback_and_a_failing_one_is_contained() -> None:
+    from reactor.dispatch import Dispatcher
+
+    seen: list[object] = []
+
+    def reflex(event: object) -> None:
+        seen.append(event)
+        raise RuntimeError("a broken reflex must not reach the listener callback")
+
+    dispatcher = Dispatcher(on_overflow=lambda: None)
+    dispatcher.register_reflex("job_enqueued", reflex)
+    payload = json.dumps({"job_id": "j1", "user_id": "u1", "product_id": "p1", "kind": "X_Y"})
+    dispatcher.deliver("job_enqueued", payload)  # no running task: it happened in the call
+    dispatcher.deliver("job_enqueued", "not json")
+    assert [getattr(event, "job_id", None) for event in seen] == ["j1"]
+    assert dispatcher.processed == 2

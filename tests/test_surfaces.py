@@ -19,11 +19,18 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from prometheus_client.parser import text_string_to_metric_families
 
+from handlers.auth import Worker
+from handlers.claim import ClaimedJob, claim_job
+from handlers.workspace import Workspace
 from reactor.app import Daemon, serve_daemon
 from reactor.db import Database
+from reactor.mcp_tools import ToolHost
+from reactor.pump import Waiter
+from reactor.runtime import Reactor
 from reactor.sqlfiles import Query
+from reactor.web import HttpPresence
 from tests.factory import World, add_story, enqueue, make_world
-from tests.running import settings_for
+from tests.running import running_reactor, settings_for, worker_for
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
@@ -364,6 +371,69 @@ async def test_a_waiter_whose_client_went_away_claims_nothing(
     )
 
 
+async def test_a_waiter_cancelled_in_the_tick_it_was_filled_gives_the_job_back(
+    db: Database, dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hardest moment to hang up: the pump hands the waiter its job and the caller's
+    # cancellation is already on its way. The claim must go back to the queue at once.
+    world = await make_world(db)
+    story = await add_story(db, world)
+    settings = settings_for(dsn, world.token, tmp_path, REACTOR_WORKTREES="off")
+    caller = trio.CancelScope()
+    plain_offer = Waiter.offer
+
+    def offer_then_hang_up(self: Waiter, job: ClaimedJob) -> bool:
+        caller.cancel()
+        return plain_offer(self, job)
+
+    monkeypatch.setattr(Waiter, "offer", offer_then_hang_up)
+    async with running_reactor(db, settings, world, presence=False) as reactor:
+        host = ToolHost(reactor, Workspace.from_settings(settings), lambda _ctx: _same(reactor))
+        job_id = ""
+        with caller:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(host.wait_for_job, reactor.worker, None, 60)
+                await eventually(lambda: len(reactor.pump._consumers) == 1)
+                job_id = await enqueue(db, world, story.task_ids[0])
+                await trio.sleep_forever()
+        assert caller.cancelled_caught
+    job = await db.fetchrow(
+        sql("SELECT status::text AS status, worker_instance_id FROM claude_jobs WHERE id = $1"),
+        job_id,
+    )
+    assert job is not None
+    assert (job["status"], job["worker_instance_id"]) == ("QUEUED", None)
+
+
+async def test_an_http_caller_that_goes_idle_loses_its_pump_and_presence(
+    db: Database, dsn: str, tmp_path: Path
+) -> None:
+    # Every distinct X-Scrum4Me-Instance-Id gets a claim pump; one that stopped calling
+    # must not keep a task (and a claude_workers row) for the life of the daemon.
+    world = await make_world(db)
+    settings = settings_for(dsn, world.token, tmp_path, REACTOR_WORKTREES="off")
+    rows = sql("SELECT count(*) FROM claude_workers WHERE instance_id = 'http-caller'")
+    async with running_reactor(db, settings, world, presence=False) as reactor:
+        caller = await worker_for(db, world, "http-caller")
+        people = HttpPresence(reactor, idle_after=0)
+        pump = reactor.pump_for(caller)
+        people.begin(caller)
+        await people._tick()
+        assert await db.fetchval(rows) == 1
+        assert reactor.pump_for(caller) is pump  # busy: kept
+        people.end(caller)
+        await people._tick()
+        assert await db.fetchval(rows) == 0
+        assert (caller.token_id, caller.instance_id) not in reactor._pumps
+        with trio.fail_after(5):
+            await pump.run()  # closed: returns at once instead of waiting for wake-ups
+        assert reactor.pump_for(caller) is not pump  # a new call starts afresh
+
+
+async def _same(reactor: Reactor) -> Worker:
+    return reactor.worker
+
+
 async def test_health_turns_unhealthy_when_the_database_goes_away_and_recovers(
     db: Database, dsn: str, tmp_path: Path, pg_server: Any
 ) -> None:
@@ -451,6 +521,42 @@ async def test_mcp_over_stdio_claims_reports_and_unregisters_on_eof(
         return bool(await db.fetchval(presence) == 0)
 
     await eventually(unregistered, within=10)  # stdin EOF ended the server and its presence
+
+
+async def test_an_agent_launched_by_the_daemon_gets_its_own_job_and_nothing_more(
+    db: Database, dsn: str, tmp_path: Path
+) -> None:
+    # The standard prompt loops on wait_for_job. Under `reactor run --agent-command` the
+    # agent's own `reactor mcp` hands it the job it was launched for, then says there is no
+    # more: claiming under the daemon's instance id would bypass its concurrency and leases.
+    world = await make_world(db)
+    mine, other = await add_story(db, world), await add_story(db, world)
+    job_id = await enqueue(db, world, mine.task_ids[0])
+    daemon = await worker_for(db, world, "stdio-agent")
+    claimed = await claim_job(
+        db, daemon, kinds=["TASK_IMPLEMENTATION"], product_id=None, lease_seconds=300,
+        consumer="test",
+    )  # fmt: skip
+    assert claimed is not None
+    assert claimed.id == job_id
+    waiting = await enqueue(db, world, other.task_ids[0])
+    async with Client(_stdio(dsn, world.token, tmp_path, SCRUM4ME_JOB_ID=job_id)) as client:
+        job = structured(await client.call_tool("wait_for_job", {"wait_seconds": 30}))
+        assert (job["job_id"], job["status"]) == (job_id, "claimed")
+        with trio.fail_after(10):  # answered at once, not after wait_seconds
+            again = structured(await client.call_tool("wait_for_job", {"wait_seconds": 60}))
+        assert again["status"] == "timeout"
+        assert job_id in again["message"]
+        done = structured(
+            await client.call_tool("update_job_status", {"job_id": job_id, "status": "done"})
+        )
+        assert done["status"] == "done"
+    assert (
+        await db.fetchval(sql("SELECT status::text FROM claude_jobs WHERE id = $1"), waiting)
+        == "QUEUED"
+    )
+    presence = sql("SELECT count(*) FROM claude_workers WHERE instance_id = 'stdio-agent'")
+    assert await db.fetchval(presence) == 0  # the daemon, not the agent, is the worker
 
 
 async def test_a_demo_token_cannot_start_the_stdio_server(

@@ -12,8 +12,11 @@
 -- just failed to prepare, e.g. no repo root: not retried in a hot loop).
 -- Eligible: the user's, QUEUED, runtime CLAUDE, a configured kind, the product if given;
 -- a sprint-run job needs its run QUEUED/RUNNING and no earlier sprint_sequence still active;
--- per-story order: no older job of the same kind in the same story is still active (a batch
--- never holds two jobs of one story: a later sibling sees the QUEUED head in the snapshot).
+-- per-story order: one job of a kind per story at a time, oldest first. A job waits while an
+-- older sibling of the same kind is QUEUED, CLAIMED or RUNNING, and while any sibling of that
+-- kind is CLAIMED or RUNNING: a failed head that the UI retries must not start beside the
+-- successor that is already running on the story branch. A batch never holds two jobs of one
+-- story: a later sibling sees the QUEUED head in the snapshot.
 -- Shape: the cheap filters and the sort run in a fenced subquery over claude_jobs alone
 -- (OFFSET 0 keeps it from being flattened); the story and sequence rules are anti-joins
 -- above it, tested row by row in claim order and only until the LIMIT is reached, so a
@@ -30,6 +33,9 @@ WITH candidate AS (
           AND cj.kind::text = ANY($5::text[])
           AND ($4::text IS NULL OR cj.product_id = $4::text)
           AND NOT (cj.id = ANY($8::text[]))
+          -- The id names the job's worktree, log and context files: one that could escape
+          -- those directories (not cuid-like) is never claimed (handlers/validate.py rule).
+          AND cj.id ~ '^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$'
           AND (cj.sprint_run_id IS NULL OR EXISTS (
                    SELECT 1 FROM sprint_runs sr
                    WHERE sr.id = cj.sprint_run_id AND sr.status IN ('QUEUED', 'RUNNING')))
@@ -46,11 +52,13 @@ WITH candidate AS (
       AND (ordered.task_id IS NULL OR NOT EXISTS (
                SELECT 1 FROM tasks own_task
                JOIN tasks sibling_task ON sibling_task.story_id = own_task.story_id
-               JOIN claude_jobs older ON older.task_id = sibling_task.id
+               JOIN claude_jobs other ON other.task_id = sibling_task.id
                WHERE own_task.id = ordered.task_id
-                 AND older.kind = ordered.kind
-                 AND older.status IN ('QUEUED', 'CLAIMED', 'RUNNING')
-                 AND (older.created_at, older.id) < (ordered.created_at, ordered.id)))
+                 AND other.kind = ordered.kind
+                 AND other.id <> ordered.id
+                 AND (other.status IN ('CLAIMED', 'RUNNING')
+                      OR (other.status = 'QUEUED'
+                          AND (other.created_at, other.id) < (ordered.created_at, ordered.id)))))
     LIMIT $7::int
     FOR UPDATE OF ordered SKIP LOCKED
 ),
@@ -185,8 +193,9 @@ LEFT JOIN products p ON p.id = j.product_id
 WHERE j.id = $1
 
 -- name: rollback_claim
--- Give a claim back (no repo root, worktree failure, waiter gone): QUEUED again with the claim
--- cleared and retry_count unchanged. Fenced on token and instance.
+-- Give a claim back (no repo root, worktree failure, waiter gone, shutdown): QUEUED again with
+-- the claim cleared and retry_count unchanged. Fenced on token and instance. The branch stays:
+-- an attempt stopped at shutdown may have committed to it, and the next attempt continues it.
 -- $1 job_id, $2 token_id, $3 instance_id.
 UPDATE claude_jobs
 SET status = 'QUEUED',
@@ -196,8 +205,6 @@ SET status = 'QUEUED',
     worker_instance_id = NULL,
     lease_until = NULL,
     started_at = NULL,
-    branch = NULL,
-    base_sha = NULL,
     updated_at = now()
 WHERE id = $1 AND claimed_by_token_id = $2 AND worker_instance_id = $3
   AND status IN ('CLAIMED', 'RUNNING')
@@ -215,13 +222,21 @@ WHERE id = $1 AND claimed_by_token_id = $2 AND worker_instance_id = $3
 RETURNING id
 
 -- name: story_branch
--- The branch of the oldest other job of the same story that has one (branch per story).
--- $1 story_id, $2 job_id.
-SELECT j.branch
+-- The story's branch: that of its oldest job that has one (branch per story). The job itself
+-- counts: a retried first job (rescued, or requeued at shutdown) continues its own branch.
+-- $1 story_id.
+SELECT j.id, j.branch
 FROM claude_jobs j JOIN tasks t ON t.id = j.task_id
-WHERE t.story_id = $1 AND j.id <> $2 AND j.branch IS NOT NULL
+WHERE t.story_id = $1 AND j.branch IS NOT NULL
 ORDER BY j.created_at, j.id
 LIMIT 1
+
+-- name: active_story_jobs
+-- The story's other jobs that are CLAIMED or RUNNING: their worktrees are in use and must
+-- never be evicted to free the story branch. $1 story_id, $2 job_id.
+SELECT j.id
+FROM claude_jobs j JOIN tasks t ON t.id = j.task_id
+WHERE t.story_id = $1 AND j.id <> $2 AND j.status IN ('CLAIMED', 'RUNNING')
 
 -- name: held_by_instance
 -- Jobs this instance still holds (used at shutdown and by the lease keeper).

@@ -6,9 +6,16 @@
 -- Serialize migrators across processes; released at commit.
 SELECT pg_advisory_xact_lock(7316424815723450001)
 
+-- name: create_schema
+-- The reactor's own schema. Its ledger lives there, not beside the app's tables, because
+-- Prisma compares every table of the app's schema with its migration history: a table of
+-- ours in public would read as drift to `prisma migrate dev` (which then offers a reset)
+-- and would be pulled into schema.prisma by `prisma db pull`.
+CREATE SCHEMA IF NOT EXISTS reactor
+
 -- name: create_bookkeeping
--- The reactor's migration ledger (its own table, never one of the app's).
-CREATE TABLE IF NOT EXISTS reactor_migrations (
+-- The reactor's migration ledger.
+CREATE TABLE IF NOT EXISTS reactor.migrations (
     version     INTEGER PRIMARY KEY,
     name        TEXT NOT NULL,
     checksum    TEXT NOT NULL,
@@ -17,11 +24,15 @@ CREATE TABLE IF NOT EXISTS reactor_migrations (
 
 -- name: applied
 -- What is already applied, for checksum comparison.
-SELECT version, name, checksum, applied_at FROM reactor_migrations ORDER BY version
+SELECT version, name, checksum, applied_at FROM reactor.migrations ORDER BY version
 
 -- name: record
 -- Record a migration before its body runs, in the same transaction.
-INSERT INTO reactor_migrations (version, name, checksum) VALUES ($1, $2, $3)
+INSERT INTO reactor.migrations (version, name, checksum) VALUES ($1, $2, $3)
+
+-- name: bookkeeping_exists
+-- Whether the ledger exists yet (a database never migrated by the reactor has none).
+SELECT to_regclass('reactor.migrations') IS NOT NULL
 
 -- name: existing_tables
 -- Which of the given public tables exist.

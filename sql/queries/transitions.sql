@@ -45,11 +45,25 @@ WHERE id = $1 AND claimed_by_token_id = $2 AND worker_instance_id = $3
   AND status IN ('CLAIMED', 'RUNNING')
 RETURNING id, task_id, kind::text AS kind, status::text AS status, branch, pushed_at, pr_url,
           verify_result::text AS verify_result, summary, error, started_at, finished_at,
-          pg_notify('scrum4me_changes', json_build_object(
-              'type', 'claude_job_status', 'job_id', id, 'task_id', task_id, 'user_id', user_id,
-              'product_id', product_id, 'status', lower(status::text), 'branch', branch,
-              'pushed_at', pushed_at, 'error', left(error, 500),
-              'summary', left(summary, 1000))::text) AS notified
+          -- The payload limit is 8000 bytes, and JSON escapes a control character to six, so
+          -- even the shortened texts can overflow it: past 7500 bytes they are left out (the
+          -- UI reads them from the row) rather than failing the whole report.
+          pg_notify('scrum4me_changes', (
+              SELECT CASE WHEN octet_length(m.full_text) <= 7500 THEN m.full_text
+                          ELSE m.brief END
+              FROM (SELECT
+                  json_build_object(
+                      'type', 'claude_job_status', 'job_id', id, 'task_id', task_id,
+                      'user_id', user_id, 'product_id', product_id,
+                      'status', lower(status::text), 'branch', branch, 'pushed_at', pushed_at,
+                      'error', left(error, 500), 'summary', left(summary, 1000))::text
+                      AS full_text,
+                  json_build_object(
+                      'type', 'claude_job_status', 'job_id', id, 'task_id', task_id,
+                      'user_id', user_id, 'product_id', product_id,
+                      'status', lower(status::text), 'branch', left(branch, 200),
+                      'pushed_at', pushed_at, 'texts_omitted', true)::text AS brief) m))
+              AS notified
 
 -- name: set_task_status
 -- The task follows its job (DONE or FAILED). $1 task_id, $2 task status.
