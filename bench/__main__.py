@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--slots", type=int, default=32)
     cmp_.add_argument(
         "--systems",
-        default="reactor,reactor-mcp,polling5s,pgqueuer,procrastinate",
+        default="reactor,reactor-mcp,polling5s,pgqueuer,procrastinate,sqlfloor",
         help="which systems to run",
     )
     cmp_.add_argument("--skip", default="", help="latency or throughput: leave that part out")

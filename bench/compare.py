@@ -14,9 +14,12 @@ from typing import Any
 from bench import latency, peers, throughput
 from bench.common import Server, emit, percentiles, progress
 
+# The SQL floor (bench/peer_workers.py) has no listener: it bounds throughput, not latency.
+THROUGHPUT_ONLY = ("sqlfloor",)
 LATENCY_FIELDS = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "enqueue_call_ms_p50")
 THROUGHPUT_CONFIGS = [
     ("reactor", "slots"),
+    ("sqlfloor", "slots"),
     ("pgqueuer", "defaults"),
     ("pgqueuer", "tuned"),
     ("procrastinate", "defaults"),
@@ -70,7 +73,7 @@ async def run(args: Any, server: Server, logs: Path) -> None:
     configs = [c for c in THROUGHPUT_CONFIGS if c[0] in systems]
     for rep in range(args.repeat):
         if "latency" not in skip:
-            for system in _rotate(systems, rep):
+            for system in _rotate([s for s in systems if s not in THROUGHPUT_ONLY], rep):
                 progress(f"compare latency {system}: repetition {rep + 1}/{args.repeat}")
                 result = await _latency(server, logs, system, sizes, args.seed)
                 lat[system].append(result)

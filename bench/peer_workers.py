@@ -15,6 +15,7 @@ import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -228,16 +229,83 @@ async def polling_main(args: Any) -> None:
     await serve(polling.latency, polling.drain, args.mode)
 
 
+# ---------------------------------------------------------------- the SQL floor
+
+# The reactor's own claim and finish statements on the Scrum4Me schema, driven by the
+# simplest loop that keeps the same semantics: claim up to the free slots in one statement,
+# finish each job in its own statement (one commit per job, as update_job_status does).
+# Plain asyncio and asyncpg: no trio-asyncio bridge, no listener, no logging. The difference
+# to the reactor is what the reactor's Python costs; the rest is what this table costs.
+_SQL_DIR = Path(__file__).resolve().parents[1] / "sql" / "queries"
+
+
+def named_query(file: str, name: str) -> str:
+    """One ``-- name:`` block of sql/queries/<file>.sql, read without importing reactor."""
+    text = (_SQL_DIR / f"{file}.sql").read_text(encoding="utf-8")
+    block = text.split(f"-- name: {name}\n", 1)[1].split("\n-- name: ", 1)[0]
+    return block.strip()
+
+
+class SqlFloor:
+    def __init__(self, args: Any, pool: asyncpg.Pool) -> None:
+        self.args, self.pool = args, pool
+        self.claim = named_query("jobs", "claim")
+        self.finish = named_query("transitions", "finish")
+        self.kinds = ["TASK_IMPLEMENTATION"]
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.wake = asyncio.Event()
+
+    async def _finish(self, job_id: str) -> None:
+        a = self.args
+        none = [None] * 11
+        await self.pool.fetchrow(
+            self.finish, job_id, a.token_id, a.instance, "DONE", *none, self.kinds
+        )
+        say(f"d {time.perf_counter()!r} {job_id}")
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        self.wake.set()
+
+    async def drain(self) -> None:
+        a = self.args
+        while True:
+            free = a.concurrency - len(self.in_flight)
+            if free > 0:
+                rows = await self.pool.fetch(
+                    self.claim, a.user, a.token_id, a.instance, None, self.kinds, 300, free, []
+                )
+                for row in rows:
+                    say(f"c {time.perf_counter()!r} {row['id']}")
+                    task = asyncio.create_task(self._finish(row["id"]))
+                    self.in_flight.add(task)
+                    task.add_done_callback(self._done)
+                if not rows and not self.in_flight:
+                    return  # nothing queued and nothing running: drained
+            await self.wake.wait()
+            self.wake.clear()
+
+    async def latency(self) -> None:
+        raise RuntimeError("sqlfloor is measured for throughput only")
+
+
+async def sqlfloor_main(args: Any) -> None:
+    pool = await asyncpg.create_pool(args.dsn, min_size=2, max_size=args.concurrency + 2)
+    floor = SqlFloor(args, pool)
+    await serve(floor.latency, floor.drain, args.mode)
+
+
 def cli() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.peer_workers")
-    parser.add_argument("system", choices=["pgqueuer", "procrastinate", "polling5s"])
+    parser.add_argument("system", choices=["pgqueuer", "procrastinate", "polling5s", "sqlfloor"])
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--mode", choices=["latency", "throughput"], default="latency")
     parser.add_argument("--batch-size", type=int, default=10, help="pgqueuer")
     parser.add_argument("--pool", action="store_true", help="pgqueuer: AsyncpgPoolDriver")
-    parser.add_argument("--concurrency", type=int, default=1, help="procrastinate")
-    parser.add_argument("--user", default="", help="polling5s: user id")
-    parser.add_argument("--token-id", default="", help="polling5s: token id")
+    parser.add_argument("--concurrency", type=int, default=1, help="procrastinate, sqlfloor")
+    parser.add_argument("--user", default="", help="polling5s, sqlfloor: user id")
+    parser.add_argument("--token-id", default="", help="polling5s, sqlfloor: token id")
+    parser.add_argument("--instance", default="sqlfloor", help="sqlfloor: worker instance id")
     args = parser.parse_args()
     if args.system == "pgqueuer":
         import uvloop  # as `pgq run` does
@@ -245,6 +313,8 @@ def cli() -> None:
         uvloop.run(pgqueuer_main(args))
     elif args.system == "procrastinate":
         asyncio.run(procrastinate_main(args))
+    elif args.system == "sqlfloor":
+        asyncio.run(sqlfloor_main(args))
     else:
         asyncio.run(polling_main(args))
 

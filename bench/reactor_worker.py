@@ -12,30 +12,28 @@ SCRUM4ME_TOKEN, SCRUM4ME_INSTANCE_ID, REACTOR_WORKTREES=off, ...). Lines written
 Commands on stdin: ``go`` opens the slots (``--wait-for-go``); EOF stops the process.
 
 ``BENCH_REACTOR_PATCH`` (comma-separated) applies measurement-only experiments inside this
-bench process, never to the product: ``pool-no-reset`` (asyncpg pool without the reset
-query on release), ``quiet-logs`` (log level warning), ``gc-freeze`` (gc.freeze() once ready),
-``generic-plans`` (plan_cache_mode=force_generic_plan on the pool's connections),
-``claimable-exists`` (transitions.claimable_count as EXISTS), ``claim-topn`` (jobs.claim
+bench process, never to the product: ``quiet-logs`` (log level warning), ``generic-plans``
+(plan_cache_mode=force_generic_plan on the pool's connections), ``claim-topn`` (jobs.claim
 with the sorted candidate subquery bounded by a LIMIT: a top-N sort instead of a full one).
+The experiments of the first measurements that paid off (no pool reset query, EXISTS for
+next_action, gc.freeze() once started) are in the product now.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import time
 from typing import Any
 
 import trio
-import trio_asyncio
 
 from handlers.auth import Worker
 from handlers.claim import ClaimedJob
 from handlers.transition import StatusReport, update_job_status
 from handlers.workspace import Workspace
-from reactor import logs
-from reactor.app import authenticate_token, check_import_order, open_database
+from reactor import aioloop, logs
+from reactor.app import authenticate_token, check_import_order, open_database, settle_memory
 from reactor.config import Settings
 from reactor.db import Database
 from reactor.runtime import Reactor
@@ -44,19 +42,6 @@ PATCHES = frozenset(p for p in os.environ.get("BENCH_REACTOR_PATCH", "").split("
 
 
 def apply_patches() -> None:
-    if "pool-no-reset" in PATCHES:
-        import asyncpg
-
-        original = asyncpg.create_pool
-
-        async def keep_session(_conn: Any) -> None:
-            return None
-
-        def create_pool(*args: Any, **kwargs: Any) -> Any:
-            kwargs.setdefault("reset", keep_session)
-            return original(*args, **kwargs)
-
-        asyncpg.create_pool = create_pool
     if "generic-plans" in PATCHES:
         import asyncpg
 
@@ -69,19 +54,10 @@ def apply_patches() -> None:
             return plain(*args, **kwargs)
 
         asyncpg.create_pool = generic_pool
-    _patch_queries()
-
-
-def _patch_queries() -> None:
-    """Candidate SQL for the recommendations, swapped into the handlers' module globals."""
-    from handlers import claim, transition
-    from reactor.sqlfiles import Query
-
-    if "claimable-exists" in PATCHES:
-        old = transition._CLAIMABLE
-        text = old.text.replace("SELECT count(*)", "SELECT EXISTS (SELECT 1", 1) + ")"
-        transition._CLAIMABLE = Query(old.name, text)
     if "claim-topn" in PATCHES:
+        from handlers import claim
+        from reactor.sqlfiles import Query
+
         old = claim._CLAIM
         fence = "COALESCE(cj.sprint_sequence, 2147483647), cj.id\n        OFFSET 0"
         assert fence in old.text, "jobs.claim changed; update the claim-topn experiment"
@@ -152,7 +128,7 @@ async def _commands(consumer: NoOpConsumer, cancel: trio.CancelScope) -> None:
 async def main(args: Any) -> None:
     check_import_order()
     settings = Settings.from_env()
-    async with trio_asyncio.open_loop():
+    async with aioloop.open_loop():
         opened = await open_database(settings, role="bench")
         try:
             worker = await authenticate_token(opened.db, opened.settings, "reactor")
@@ -165,9 +141,7 @@ async def main(args: Any) -> None:
             async with trio.open_nursery() as nursery:
                 consumer.nursery = nursery
                 await nursery.start(reactor.run)
-                if "gc-freeze" in PATCHES:
-                    gc.collect()
-                    gc.freeze()
+                settle_memory()  # as reactor run and reactor mcp do once started
                 say("ready")
                 await _commands(consumer, nursery.cancel_scope)
         finally:

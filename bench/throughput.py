@@ -37,6 +37,9 @@ from bench.common import (
 from bench.peers import PEER_SETTINGS, fill_pgqueuer, fill_procrastinate, verify_peer, worker_args
 from bench.world import insert_jobs, make_world, reactor_env
 
+# Systems that run on the Scrum4Me schema with its story order (the others bring their own).
+SCRUM4ME_SYSTEMS = ("reactor", "sqlfloor")
+
 _STORY_ORDER = """
 WITH ordered AS (
     SELECT j.status, j.retry_count, j.claimed_at,
@@ -111,19 +114,26 @@ async def drain(
     async with bench_database(server, "thr") as dsn:
         progress(f"throughput {label}: inserting {jobs} jobs")
         job_ids: list[str] = []
-        if system == "reactor":
+        if system in SCRUM4ME_SYSTEMS:
             world = await make_world(dsn, stories=stories, tasks=tasks)
             conn = await asyncpg.connect(dsn)
             try:
                 job_ids = await insert_jobs(conn, world)
             finally:
                 await conn.close()
-            args = ["-m", "bench.reactor_worker", "--slots", str(slots), "--wait-for-go"]
             envs = []
-            for index in range(workers):
-                home = logs / f"home-thr-{index}"
-                home.mkdir(exist_ok=True)
-                envs.append(reactor_env(world, str(home), f"bench-thr-{index}"))
+            if system == "reactor":
+                args = ["-m", "bench.reactor_worker", "--slots", str(slots), "--wait-for-go"]
+                for index in range(workers):
+                    home = logs / f"home-thr-{index}"
+                    home.mkdir(exist_ok=True)
+                    envs.append(reactor_env(world, str(home), f"bench-thr-{index}"))
+            else:  # sqlfloor: the same statements without the reactor around them
+                args = worker_args(system, dsn, "throughput", [
+                    "--concurrency", str(slots), "--user", world.user_id,
+                    "--token-id", world.token_id,
+                ])  # fmt: skip
+                envs = [{} for _ in range(workers)]
         else:
             await (fill_pgqueuer if system == "pgqueuer" else fill_procrastinate)(dsn, jobs)
             args = worker_args(system, dsn, "throughput", PEER_SETTINGS[system][settings])
@@ -133,7 +143,10 @@ async def drain(
         async with Children() as children:
             started = [
                 await children.start(
-                    f"{system}-{index}", args, env=envs[index], log=logs / f"{system}-thr.log"
+                    f"{system}-{index}",
+                    [*args, "--instance", f"floor-{index}"] if system == "sqlfloor" else args,
+                    env=envs[index],
+                    log=logs / f"{system}-thr.log",
                 )
                 for index in range(workers)
             ]
@@ -143,7 +156,7 @@ async def drain(
             cpu_before = [sum(p.cpu_times()[:2]) for p in procs]
             tally = Tally()
             collectors = [
-                asyncio.create_task(_collect(child, tally, jobs, system == "reactor"))
+                asyncio.create_task(_collect(child, tally, jobs, system in SCRUM4ME_SYSTEMS))
                 for child in started
             ]
             machine_before = CpuSnapshot.take()
@@ -153,7 +166,7 @@ async def drain(
                 child.send("go")
             try:
                 async with asyncio.timeout(limit_s):
-                    if system == "reactor":
+                    if system in SCRUM4ME_SYSTEMS:
                         done_waiter = asyncio.create_task(tally.complete.wait())
                         finished, _ = await asyncio.wait(
                             [done_waiter, *collectors], return_when=asyncio.FIRST_COMPLETED
@@ -195,7 +208,7 @@ async def _verify(
 ) -> dict[str, Any]:
     once = len(tally.started) == jobs and all(n == 1 for n in tally.started.values())
     result: dict[str, Any] = {"handled_once": once}
-    if system == "reactor":
+    if system in SCRUM4ME_SYSTEMS:
         once = once and set(tally.done) == set(job_ids) and all(n == 1 for n in tally.done.values())
         conn = await asyncpg.connect(dsn)
         try:

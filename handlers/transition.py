@@ -9,7 +9,7 @@ the story's last active job ends (handlers/cleanup.py), woken by job_status_chan
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,7 +19,7 @@ from handlers.errors import Conflict, ValidationError
 from handlers.guards import check_owner, load_owned
 from handlers.workspace import Workspace
 from reactor import metrics
-from reactor.db import Database, Row, Tx
+from reactor.db import Database, Row
 from reactor.logs import get_logger
 from reactor.sqlfiles import query
 
@@ -28,9 +28,6 @@ log = get_logger("reactor.transition")
 _OWNERSHIP = query("jobs.ownership")
 _MARK_RUNNING = query("transitions.mark_running")
 _FINISH = query("transitions.finish")
-_SET_TASK = query("transitions.set_task_status")
-_SETTLE_STORY = query("transitions.settle_story")
-_CLAIMABLE = query("transitions.claimable_exists")
 
 Status = Literal["running", "done", "failed", "skipped"]
 SUMMARY_MAX = 4000
@@ -64,6 +61,10 @@ def validate_report(report: StatusReport) -> None:
         problems.append(f"summary: at most {SUMMARY_MAX} characters (got {len(report.summary)})")
     if report.error is not None and len(report.error) > ERROR_MAX:
         problems.append(f"error: at most {ERROR_MAX} characters (got {len(report.error)})")
+    if report.status == "skipped" and len((report.error or "").strip()) < SKIP_ERROR_MIN:
+        problems.append(
+            f"error: skipped needs an error of at least {SKIP_ERROR_MIN} characters saying why"
+        )
     if report.model_id is not None and len(report.model_id) > 200:
         problems.append("model_id: at most 200 characters")
     for name in (
@@ -94,16 +95,34 @@ async def update_job_status(
     validate_report(report)
     if report.status == "running":
         return await _report_running(db, worker, report)
-    pushed: _Outcome | None = None
+    stored, why = _as_reported(report)
     if report.status == "done" and ws.enabled and ws.path_for(report.job_id).is_dir():
         # Guards before touching git; the write after the push is fenced again.
-        pushed = await _push(ws, await load_owned(db, worker, report.job_id), report)
-    # One transaction (one bridge hop): guards, the write, task and story, next_action.
-    result = await db.transaction(_finisher(worker, report, kinds, pushed))
-    if result is None:
-        await _explain_lost(db, worker, report.job_id)
-    assert result is not None
-    finished, more_work, why = result
+        stored, why = await _push(ws, await load_owned(db, worker, report.job_id), report)
+    # One statement (one round trip): the fenced write, task and story, next_action.
+    finished = await db.fetchrow(
+        _FINISH,
+        report.job_id,
+        worker.token_id,
+        worker.instance_id,
+        stored.status,
+        report.summary,
+        stored.error,
+        stored.branch,
+        stored.pushed,
+        stored.head_sha,
+        report.model_id,
+        report.input_tokens,
+        report.output_tokens,
+        report.cache_read_tokens,
+        report.cache_write_tokens,
+        report.actual_thinking_tokens,
+        list(kinds),
+    )
+    if finished is None:
+        await _explain_lost(db, worker, report)
+    assert finished is not None
+    more_work = bool(finished["more_work"])
     metrics.TRANSITIONS.labels(finished["status"].lower()).inc()
     log.info(
         "transition.finished",
@@ -120,7 +139,7 @@ async def update_job_status(
 async def _report_running(db: Database, worker: Worker, report: StatusReport) -> dict[str, Any]:
     updated = await db.fetchrow(_MARK_RUNNING, report.job_id, worker.token_id, worker.instance_id)
     if updated is None:
-        await _explain_lost(db, worker, report.job_id)
+        await _explain_lost(db, worker, report)
     metrics.TRANSITIONS.labels("running").inc()
     log.info("transition.running", job_id=report.job_id, instance_id=worker.instance_id)
     return _output(report.job_id, updated, "idle")
@@ -160,63 +179,24 @@ async def _push(ws: Workspace, row: Row, report: StatusReport) -> _Outcome:
     return _Stored("FAILED", error, None, False, None), "push failed; worktree kept for inspection"
 
 
-def _finisher(
-    worker: Worker, report: StatusReport, kinds: Sequence[str], pushed: _Outcome | None
-) -> Callable[[Tx], Awaitable[tuple[Row, bool, str] | None]]:
-    async def finish(tx: Tx) -> tuple[Row, bool, str] | None:
-        if pushed is None:
-            row = await tx.fetchrow(_OWNERSHIP, report.job_id)
-            check_owner(row, worker, report.job_id)
-            assert row is not None
-            if report.status == "skipped":
-                _check_skip(row, report)
-        stored, why = pushed or _as_reported(report)
-        done = await tx.fetchrow(
-            _FINISH,
-            report.job_id,
-            worker.token_id,
-            worker.instance_id,
-            stored.status,
-            report.summary,
-            stored.error,
-            stored.branch,
-            stored.pushed,
-            stored.head_sha,
-            report.model_id,
-            report.input_tokens,
-            report.output_tokens,
-            report.cache_read_tokens,
-            report.cache_write_tokens,
-            report.actual_thinking_tokens,
-        )
-        if done is None:
-            return None
-        follows = done["kind"] == "TASK_IMPLEMENTATION" and stored.status in ("DONE", "FAILED")
-        if follows and done["task_id"] is not None:
-            story_id = await tx.fetchval(_SET_TASK, done["task_id"], stored.status)
-            if story_id is not None:
-                await tx.fetchval(_SETTLE_STORY, story_id)
-        more_work = bool(await tx.fetchval(_CLAIMABLE, worker.user_id, list(kinds)))
-        return done, more_work, why
-
-    return finish
-
-
-def _check_skip(row: Row, report: StatusReport) -> None:
+def _check_skip(row: Row) -> None:
     if row["kind"] != "TASK_IMPLEMENTATION":
         raise ValidationError(
             f"status: skipped is only allowed for TASK_IMPLEMENTATION jobs (this is {row['kind']})"
         )
-    if report.error is None or len(report.error.strip()) < SKIP_ERROR_MIN:
-        raise ValidationError(
-            f"error: skipped needs an error of at least {SKIP_ERROR_MIN} characters saying why"
-        )
 
 
-async def _explain_lost(db: Database, worker: Worker, job_id: str) -> None:
-    """The fenced write matched nothing: the job changed meanwhile; say how."""
-    check_owner(await db.fetchrow(_OWNERSHIP, job_id), worker, job_id)
-    raise Conflict(f"Job {job_id} changed while this report was being stored; report it again.")
+async def _explain_lost(db: Database, worker: Worker, report: StatusReport) -> None:
+    """The fenced write matched nothing: say why, in the words agents know (cancelled, not
+    yours, already finished, ...), or that the job changed meanwhile."""
+    row = await db.fetchrow(_OWNERSHIP, report.job_id)
+    check_owner(row, worker, report.job_id)
+    assert row is not None
+    if report.status == "skipped":
+        _check_skip(row)
+    raise Conflict(
+        f"Job {report.job_id} changed while this report was being stored; report it again."
+    )
 
 
 def _output(job_id: str, row: Row | None, next_action: str) -> dict[str, Any]:

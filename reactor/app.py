@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import trio
-import trio_asyncio
 
 from handlers.auth import AuthError, Worker, authenticate
 from handlers.errors import PermissionDenied
 from handlers.workspace import Workspace
-from reactor import embedded, http
+from reactor import aioloop, embedded, http
 from reactor.agent import AgentSlots
 from reactor.config import Settings
 from reactor.db import Database
@@ -161,7 +160,7 @@ async def run_daemon(settings: Settings) -> None:
     # right after the container turned healthy) must shut down in order, not kill the process
     # with its presence row left behind.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        async with aioloop.open_loop(), trio.open_nursery() as nursery:
             switch = StopSwitch()
             nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, switch)
             opened = await open_database(settings, role="daemon")
@@ -169,7 +168,7 @@ async def run_daemon(settings: Settings) -> None:
                 daemon = await nursery.start(
                     partial(serve_daemon, opened.settings, opened.db, switch=switch)
                 )
-                _settle_memory()
+                settle_memory()
                 await daemon.stopped.wait()
                 nursery.cancel_scope.cancel()
             finally:
@@ -246,7 +245,7 @@ async def serve_daemon(
 async def run_mcp_stdio(settings: Settings, *, launched_for_job: str | None) -> None:
     check_import_order()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        async with aioloop.open_loop(), trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_signal, signals, nursery.cancel_scope)
             opened = await open_database(settings, role="mcp")
             try:
@@ -256,7 +255,7 @@ async def run_mcp_stdio(settings: Settings, *, launched_for_job: str | None) -> 
             nursery.cancel_scope.cancel()
 
 
-def _settle_memory() -> None:
+def settle_memory() -> None:
     """Move everything built at start-up out of the garbage collector's way: the long-lived
     objects (imports, pools, apps) are never garbage, and scanning them shows up as tail
     latency on every claim."""
@@ -292,7 +291,7 @@ async def _serve_stdio(settings: Settings, db: Database, launched_for_job: str |
     server = build_server(ToolHost(reactor, ws, fixed_worker, launched_for_job=launched_for_job))
     async with trio.open_nursery() as nursery:
         await nursery.start(reactor.run)
-        _settle_memory()
+        settle_memory()
         await server.run_stdio_async()  # returns at stdin EOF: Claude Code went away
         log.info("mcp.stdin_closed", why="the client closed stdin; stopping")
         nursery.cancel_scope.cancel()

@@ -17,12 +17,11 @@ from typing import Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import trio
-import trio_asyncio
 
 from handlers import validate
 from handlers.auth import AuthError, authenticate
 from handlers.errors import HandlerError
-from reactor import __version__, envdoc, logs
+from reactor import __version__, aioloop, envdoc, logs
 from reactor.config import JOB_KINDS, ConfigError, Settings
 from reactor.db import DatabaseError, DatabaseUnavailable
 from reactor.embedded import EmbeddedError
@@ -497,7 +496,7 @@ async def _with_database(
     from reactor.app import open_database, start_embedded
     from reactor.db import Database
 
-    async with trio_asyncio.open_loop():
+    async with aioloop.open_loop():
         if check:
             opened = await open_database(settings, role="cli")
             settings, db = opened.settings, opened.db

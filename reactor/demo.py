@@ -22,9 +22,9 @@ from typing import Any, TextIO
 
 import git
 import trio
-import trio_asyncio
 
 from handlers.auth import token_hash
+from reactor import aioloop
 from reactor.app import embedded_database, serve_daemon
 from reactor.config import Settings
 from reactor.db import Database
@@ -134,7 +134,7 @@ async def run_demo(settings: Settings, *, out: TextIO = sys.stdout, keep: bool =
     root.setLevel(logging.INFO)
     workdir = Path(tempfile.mkdtemp(prefix="reactor-demo-"))
     try:
-        async with trio_asyncio.open_loop():
+        async with aioloop.open_loop():
             return await _play(settings, scene, narrator, workdir, out)
     finally:
         root.removeHandler(narrator)

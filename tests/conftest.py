@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import trio_asyncio
 
+from reactor import aioloop
 from reactor.db import Database
 from reactor.migrate import migrate
 from tests.pg import PgServer, find_server, unique_name
@@ -58,7 +59,7 @@ def empty_dsn(pg_server: PgServer) -> Iterator[str]:
 @pytest.fixture
 async def aio_loop() -> AsyncIterator[None]:
     """The asyncio loop on top of trio that asyncpg (and uvicorn) need."""
-    async with trio_asyncio.open_loop():
+    async with aioloop.open_loop():
         yield
 
 

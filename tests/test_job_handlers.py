@@ -184,6 +184,27 @@ async def test_an_active_siblings_worktree_is_never_evicted_for_the_branch(
     assert (await row(db, second))["s"] == "QUEUED"
 
 
+async def test_the_story_settles_in_the_same_statement_as_the_last_task(
+    db: Database, tmp_path: Path
+) -> None:
+    # The task update and the story verdict share one statement (one snapshot): the verdict
+    # must count the task just finished, and ignore EXCLUDED tasks.
+    env = await make_env(db, tmp_path)  # no worktrees are made: done needs no push
+    story = await add_story(db, env.world, tasks=3)
+    await db.execute(sql("UPDATE tasks SET status = 'EXCLUDED' WHERE id = $1"), story.task_ids[2])
+    story_status = sql("SELECT status::text FROM stories WHERE id = $1")
+    before = await db.fetchval(story_status, story.id)
+    first, second = [await enqueue(db, env.world, task) for task in story.task_ids[:2]]
+    assert await claim(db, env.worker) == first
+    assert (await report(db, env, first, "done"))["next_action"] == "wait_for_job_again"
+    assert await db.fetchval(story_status, story.id) == before
+    assert await claim(db, env.worker) == second
+    assert (await report(db, env, second, "done"))["next_action"] == "queue_empty"
+    assert await db.fetchval(story_status, story.id) == "DONE"
+    tasks = await db.fetch(sql("SELECT status::text AS s FROM tasks WHERE story_id = $1"), story.id)
+    assert sorted(row["s"] for row in tasks) == ["DONE", "DONE", "EXCLUDED"]
+
+
 async def test_a_master_default_branch_is_used_as_the_base(db: Database, tmp_path: Path) -> None:
     env = await make_env(db, tmp_path, default_branch="master")
     story = await add_story(db, env.world)
