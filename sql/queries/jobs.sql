@@ -17,15 +17,20 @@
 -- kind is CLAIMED or RUNNING: a failed head that the UI retries must not start beside the
 -- successor that is already running on the story branch. A batch never holds two jobs of one
 -- story: a later sibling sees the QUEUED head in the snapshot.
--- Shape: the cheap filters and the sort run in a fenced subquery over claude_jobs alone
--- (OFFSET 0 keeps it from being flattened); the story and sequence rules are anti-joins
--- above it, tested row by row in claim order and only until the LIMIT is reached, so a
--- claim costs the same with 10 or 10,000 jobs queued. FOR UPDATE applies to the subquery's
--- only table, claude_jobs: tasks and sprint_runs rows are never locked.
-WITH candidate AS (
-    SELECT ordered.id
+-- Shape, in two steps so that a claim locks only what it takes:
+-- heads: the cheap filters and the sort run in a fenced subquery over claude_jobs alone
+--   (OFFSET 0 keeps it from being flattened); the id check and the story and sequence
+--   rules are tested above it row by row in claim order, only until enough heads are found
+--   ($7 plus a few spares for a claimer running beside us), without locking anything;
+-- candidate: of those, up to $7 still QUEUED are locked, skipping any another claimer holds
+--   (the status is re-checked on the locked row version). Locking in the sorted subquery
+--   instead would lock every row the rules look at, hundreds per claim on a long queue.
+-- tasks and sprint_runs rows are never locked.
+WITH heads AS (
+    SELECT ordered.id, ordered.created_at, ordered.seq
     FROM (
-        SELECT cj.id, cj.kind, cj.task_id, cj.created_at, cj.sprint_run_id, cj.sprint_sequence
+        SELECT cj.id, cj.kind, cj.task_id, cj.created_at, cj.sprint_run_id, cj.sprint_sequence,
+               COALESCE(cj.sprint_sequence, 2147483647) AS seq
         FROM claude_jobs cj
         WHERE cj.user_id = $1
           AND cj.status = 'QUEUED'
@@ -33,16 +38,18 @@ WITH candidate AS (
           AND cj.kind::text = ANY($5::text[])
           AND ($4::text IS NULL OR cj.product_id = $4::text)
           AND NOT (cj.id = ANY($8::text[]))
-          -- The id names the job's worktree, log and context files: one that could escape
-          -- those directories (not cuid-like) is never claimed (handlers/validate.py rule).
-          AND cj.id ~ '^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$'
           AND (cj.sprint_run_id IS NULL OR EXISTS (
                    SELECT 1 FROM sprint_runs sr
                    WHERE sr.id = cj.sprint_run_id AND sr.status IN ('QUEUED', 'RUNNING')))
         ORDER BY cj.created_at, COALESCE(cj.sprint_sequence, 2147483647), cj.id
         OFFSET 0
     ) ordered
-    WHERE (ordered.kind <> 'TASK_IMPLEMENTATION' OR ordered.sprint_run_id IS NULL
+    -- The id names the job's worktree, log and context files: one that could escape those
+    -- directories (not cuid-like, handlers/validate.py) is never claimed. Tested here, on
+    -- the few rows looked at, not in the scan: a bounded repetition is a slow regex.
+    WHERE length(ordered.id) <= 128 AND ordered.id ~ '^[A-Za-z0-9]'
+      AND ordered.id !~ '[^A-Za-z0-9_-]'
+      AND (ordered.kind <> 'TASK_IMPLEMENTATION' OR ordered.sprint_run_id IS NULL
            OR ordered.sprint_sequence IS NULL OR NOT EXISTS (
                SELECT 1 FROM claude_jobs earlier
                WHERE earlier.sprint_run_id = ordered.sprint_run_id
@@ -59,8 +66,15 @@ WITH candidate AS (
                  AND (other.status IN ('CLAIMED', 'RUNNING')
                       OR (other.status = 'QUEUED'
                           AND (other.created_at, other.id) < (ordered.created_at, ordered.id)))))
+    LIMIT $7::int + 8
+),
+candidate AS (
+    SELECT cj.id
+    FROM heads JOIN claude_jobs cj ON cj.id = heads.id
+    WHERE cj.status = 'QUEUED'
+    ORDER BY heads.created_at, heads.seq, heads.id
     LIMIT $7::int
-    FOR UPDATE OF ordered SKIP LOCKED
+    FOR UPDATE OF cj SKIP LOCKED
 ),
 claimed AS (
     UPDATE claude_jobs j
