@@ -12,7 +12,8 @@ SCRUM4ME_TOKEN, SCRUM4ME_INSTANCE_ID, REACTOR_WORKTREES=off, ...). Lines written
 Commands on stdin: ``go`` opens the slots (``--wait-for-go``); EOF stops the process.
 
 ``BENCH_REACTOR_PATCH`` (comma-separated) applies measurement-only experiments inside this
-bench process, never to the product: ``quiet-logs`` (log level warning), ``generic-plans``
+bench process, never to the product: ``trace`` (timestamps of the hot path on stderr),
+``quiet-logs`` (log level warning), ``generic-plans``
 (plan_cache_mode=force_generic_plan on the pool's connections), ``claim-topn`` (jobs.claim
 with the sorted candidate subquery bounded by a LIMIT: a top-N sort instead of a full one).
 The experiments of the first measurements that paid off (no pool reset query, EXISTS for
@@ -42,6 +43,8 @@ PATCHES = frozenset(p for p in os.environ.get("BENCH_REACTOR_PATCH", "").split("
 
 
 def apply_patches() -> None:
+    if "trace" in PATCHES:
+        _trace_hot_path()
     if "generic-plans" in PATCHES:
         import asyncpg
 
@@ -63,6 +66,43 @@ def apply_patches() -> None:
         assert fence in old.text, "jobs.claim changed; update the claim-topn experiment"
         bounded = fence.replace("OFFSET 0", "LIMIT $7::int * 50 + 100")
         claim._CLAIM = Query(old.name, old.text.replace(fence, bounded))
+
+
+def _trace_hot_path() -> None:
+    """Timestamps of the enqueue-to-claim path on stderr: notification callback, pump pass,
+    statement sent, statement back (``trace <stage> <perf_counter>``)."""
+    from reactor import db, dispatch, pump
+
+    def stamp(stage: str) -> None:
+        os.write(2, f"trace {stage} {time.perf_counter()!r}\n".encode())
+
+    deliver = dispatch.Dispatcher.deliver
+
+    def traced_deliver(self: Any, channel: str, payload: str) -> None:
+        if channel == "job_enqueued":
+            stamp("notified")
+        deliver(self, channel, payload)
+
+    dispatch.Dispatcher.deliver = traced_deliver  # type: ignore[method-assign]
+    pass_ = pump.ClaimPump._pass
+
+    async def traced_pass(self: Any) -> None:
+        stamp("pass")
+        await pass_(self)
+
+    pump.ClaimPump._pass = traced_pass  # type: ignore[method-assign]
+    bridge = db._bridge
+
+    async def traced_bridge(method: Any, q: Any, args: Any) -> Any:
+        traced = q.name == "jobs.claim"
+        if traced:
+            stamp("sent")
+        result = await bridge(method, q, args)
+        if traced:
+            stamp("back")
+        return result
+
+    db._bridge = traced_bridge
 
 
 def say(line: str) -> None:
@@ -90,7 +130,10 @@ class NoOpConsumer:
         return self.slots - self.active if self.open else 0
 
     def offer(self, job: ClaimedJob) -> bool:
-        say(f"c {time.perf_counter()!r} {job.id}")
+        now = time.perf_counter()
+        say(f"c {now!r} {job.id}")
+        if "trace" in PATCHES:
+            os.write(2, f"trace offer {now!r}\n".encode())
         assert self.nursery is not None
         self.active += 1
         self.nursery.start_soon(self._finish, job.id)

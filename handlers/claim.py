@@ -40,6 +40,7 @@ class ClaimedJob:
     lease_until: datetime
     retry_count: int
     waited_seconds: float
+    started_sprint_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,13 @@ async def claim_jobs(
     consumer: str,
     limit: int,
     excluded: Sequence[str] = (),
+    announce: bool = True,
 ) -> list[ClaimedJob]:
-    """Claim up to ``limit`` eligible jobs in one statement, oldest first."""
+    """Claim up to ``limit`` eligible jobs in one statement, oldest first.
+
+    ``announce=False`` leaves the log line and metrics of each claim to the caller
+    (``announce_claim``), which hands the jobs out first: formatting them is not worth a
+    consumer's wait."""
     rows = await db.fetch(
         _CLAIM,
         worker.user_id,
@@ -101,11 +107,15 @@ async def claim_jobs(
         list(excluded),
     )
     metrics.CLAIM_ATTEMPTS.labels("claimed" if rows else "empty").inc()
-    return [_claimed(row, worker, consumer) for row in rows]
+    jobs = [_claimed(row) for row in rows]
+    if announce:
+        for job in jobs:
+            announce_claim(job, worker, consumer)
+    return jobs
 
 
-def _claimed(row: Row, worker: Worker, consumer: str) -> ClaimedJob:
-    job = ClaimedJob(
+def _claimed(row: Row) -> ClaimedJob:
+    return ClaimedJob(
         row["id"],
         row["user_id"],
         row["product_id"],
@@ -116,7 +126,12 @@ def _claimed(row: Row, worker: Worker, consumer: str) -> ClaimedJob:
         row["lease_until"],
         row["retry_count"],
         row["waited_seconds"],
+        bool(row["started_sprint_run"]),
     )
+
+
+def announce_claim(job: ClaimedJob, worker: Worker, consumer: str) -> None:
+    """The metrics and the log line of one claim."""
     metrics.CLAIMS.labels(consumer).inc()
     metrics.PICKUP_LATENCY.observe(max(job.waited_seconds, 0.0))
     log.info(
@@ -128,10 +143,9 @@ def _claimed(row: Row, worker: Worker, consumer: str) -> ClaimedJob:
         instance_id=worker.instance_id,
         waited_ms=round(job.waited_seconds * 1000, 1),
         retry_count=job.retry_count,
-        started_sprint_run=row["started_sprint_run"],
+        started_sprint_run=job.started_sprint_run,
         why="oldest eligible QUEUED job (story order, sprint barrier and product filter applied)",
     )
-    return job
 
 
 async def rescue_expired(

@@ -16,7 +16,7 @@ from typing import Protocol
 import trio
 
 from handlers.auth import Worker
-from handlers.claim import ClaimedJob, claim_jobs, rollback_claim
+from handlers.claim import ClaimedJob, announce_claim, claim_jobs, rollback_claim
 from reactor.db import Database, DatabaseError
 from reactor.logs import get_logger
 
@@ -192,13 +192,14 @@ class ClaimPump:
             consumer=consumers[0].name,
             limit=wanted,
             excluded=self._excluded(),
+            announce=False,
         )
         pending = list(jobs)
         for consumer in consumers:
             while pending and consumer.free_slots() > 0:
                 if not consumer.offer(pending[0]):
                     break
-                pending.pop(0)
+                announce_claim(pending.pop(0), self.worker, consumer.name)
         for job in pending:
             # The consumer left between our count and the claim (e.g. its client
             # disconnected): the job goes straight back, and nobody is charged a retry.

@@ -63,9 +63,11 @@ WITH heads AS (
                WHERE own_task.id = ordered.task_id
                  AND other.kind = ordered.kind
                  AND other.id <> ordered.id
-                 AND (other.status IN ('CLAIMED', 'RUNNING')
-                      OR (other.status = 'QUEUED'
-                          AND (other.created_at, other.id) < (ordered.created_at, ordered.id)))))
+                 -- The IN list is what the (task_id, status) index can use: finished jobs
+                 -- (most of a task's history) are never visited.
+                 AND other.status IN ('QUEUED', 'CLAIMED', 'RUNNING')
+                 AND (other.status <> 'QUEUED'
+                      OR (other.created_at, other.id) < (ordered.created_at, ordered.id))))
     LIMIT $7::int + 8
 ),
 candidate AS (
