@@ -1,4 +1,4 @@
-"""python -m bench <latency|throughput|compare|worktree|idle>: one JSON line per result.
+"""python -m bench <latency|throughput|compare|worktree|idle|reconnect>: one JSON line each.
 
 Results go to stdout, progress to stderr. Each run creates its own ``bench_<label>_<random>``
 databases on the server and drops them afterwards; without --dsn and without a server on
@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     idle.add_argument("--seconds", type=float, default=60.0)
     idle.add_argument("--target", default="daemon", help="daemon (reactor run), mcp, worker")
 
+    rec = sub.add_parser("reconnect", parents=[common], help="listener killed -> next claim")
+    rec.add_argument("--samples", type=int, default=50)
+    rec.add_argument("--warmup", type=int, default=5)
+
     rep = sub.add_parser("report", help="markdown tables from saved JSON lines")
     rep.add_argument("files", nargs="+")
     return parser
@@ -110,6 +114,10 @@ async def _main(args: Any) -> None:
         from bench import idle
 
         await idle.run(args, server, logs)
+    elif args.command == "reconnect":
+        from bench import reconnect
+
+        await reconnect.run(args, server, logs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -119,6 +119,7 @@ def _summary(
         f"{system}/{settings}/K={k}": {
             "jobs_per_s": _spread([r["jobs_per_s"] for r in results]),
             "worker_cpu_ms_per_job": _spread([r["worker_cpu_ms_per_job"] for r in results]),
+            "pg_cpu_ms_per_job_approx": _spread([r["pg_cpu_ms_per_job_approx"] for r in results]),
             "cpu_steal_pct": _spread([r["cpu_steal_pct"] for r in results]),
             "machine_cpu_busy_pct": _spread([r["machine_cpu_busy_pct"] for r in results]),
             "verified": all(r["verified"] for r in results),

@@ -34,12 +34,15 @@ def _latency(summary: dict[str, Any]) -> list[str]:
 
 def _throughput(summary: dict[str, Any]) -> list[str]:
     rows = [
-        "| system / settings / K | jobs/s | worker CPU ms/job | steal % | busy % | verified |",
-        "|---|---|---|---|---|---|",
+        "| system / settings / K | jobs/s | worker CPU ms/job | PG CPU ms/job ≈ | steal % "
+        "| busy % | verified |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, row in sorted(summary["throughput"].items(), key=lambda kv: kv[0].split("/")[2]):
+        pg = row.get("pg_cpu_ms_per_job_approx")
         rows.append(
             f"| {key} | {_cell(row['jobs_per_s'], 0)} | {_cell(row['worker_cpu_ms_per_job'])} | "
+            f"{_cell(pg) if pg else '–'} | "
             f"{_cell(row['cpu_steal_pct'], 1)} | {_cell(row['machine_cpu_busy_pct'], 0)} | "
             f"{'yes' if row['verified'] else 'NO'} |"
         )
@@ -57,6 +60,6 @@ def render(paths: list[Path]) -> str:
                 out += [f"### {path.name}: medians of {line['repetitions']} (min–max)", ""]
                 out += [*_latency(line), "", *_throughput(line), ""]
                 out += ["ratios: " + json.dumps(line["ratios"]), ""]
-            elif line.get("bench") in ("latency", "throughput", "idle", "worktree"):
+            elif line.get("bench") in ("latency", "throughput", "idle", "worktree", "reconnect"):
                 out.append(f"- `{json.dumps(line)}`")
     return "\n".join(out)

@@ -60,6 +60,7 @@ class Narrator(logging.Handler):
         self._scene = scene
         self._out = out
         self.changed: trio.Event | None = None
+        self._last_deferred: tuple[str, tuple[str, ...]] | None = None
 
     def say(self, text: str) -> None:
         elapsed = time.monotonic() - self._scene.started
@@ -104,8 +105,12 @@ class Narrator(logging.Handler):
             pushed = f"pushed {f.get('branch')}" if f.get("pushed") else str(f.get("why"))
             return f"✔ {label} {str(f.get('stored')).lower()}: {pushed}   {self._progress()}"
         if event == "cleanup.deferred":
-            active = len(f.get("active_jobs") or [])
-            return f"  cleanup deferred: {active} sibling job(s) of the story still active"
+            # Both the status change and the agent's exit ask for cleanup: say it once.
+            seen = (str(f.get("story_id")), tuple(f.get("active_jobs") or ()))
+            if seen == self._last_deferred:
+                return None
+            self._last_deferred = seen
+            return f"  cleanup deferred: {len(seen[1])} sibling job(s) of the story still active"
         if event == "cleanup.removed":
             self._scene.removed.add(str(f.get("job_id")))
             kept = "branch kept" if not f.get("branch_deleted") else "branch deleted"

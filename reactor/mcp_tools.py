@@ -181,6 +181,11 @@ class ToolHost:
         }
 
 
+def _duration(seconds: int) -> str:
+    """REACTOR_LEASE_SECONDS in the words of the tool descriptions ("5 minute", "90 second")."""
+    return f"{seconds // 60} minute" if seconds % 60 == 0 else f"{seconds} second"
+
+
 def _checked(field: str, check: Callable[[str], str], value: str) -> str:
     try:
         return check(value)
@@ -193,14 +198,20 @@ def _id(description: str) -> Any:
     return Field(min_length=1, max_length=128, description=description)
 
 
-TokenCount = Annotated[int | None, Field(strict=True, ge=0, le=2**31 - 1)]
+TokenCount = Annotated[
+    int | None,
+    Field(
+        strict=True, ge=0, le=2**31 - 1, description="Token usage of your run (optional, stored)."
+    ),
+]
 
 
 def build_server(host: ToolHost) -> ReactorMCP:
     server = ReactorMCP("scrum4me", version=__version__, instructions=INSTRUCTIONS)
     settings = host.reactor.settings
+    lease = _duration(settings.lease_seconds)
 
-    @server.tool(name="wait_for_job", description=WAIT_FOR_JOB)
+    @server.tool(name="wait_for_job", description=WAIT_FOR_JOB.replace("{lease}", lease))
     @on_trio
     async def wait_for_job(
         ctx: Context[Any, Any],
@@ -253,14 +264,15 @@ def build_server(host: ToolHost) -> ReactorMCP:
                 description="Why it failed or was skipped (<= 2000 chars; skipped needs >= 10).",
             ),
         ] = None,
-        model_id: Annotated[str | None, Field(max_length=200)] = None,
+        model_id: Annotated[
+            str | None,
+            Field(max_length=200, description="The model that did the work (usage tracking)."),
+        ] = None,
         input_tokens: TokenCount = None,
         output_tokens: TokenCount = None,
         cache_read_tokens: TokenCount = None,
         cache_write_tokens: TokenCount = None,
-        actual_thinking_tokens: Annotated[
-            int | None, Field(strict=True, ge=0, le=2**31 - 1)
-        ] = None,
+        actual_thinking_tokens: TokenCount = None,
     ) -> CallToolResult:
         report = StatusReport(
             job_id, status, branch, summary, error, model_id, input_tokens, output_tokens,
@@ -273,7 +285,7 @@ def build_server(host: ToolHost) -> ReactorMCP:
             ),
         )
 
-    @server.tool(name="job_heartbeat", description=JOB_HEARTBEAT)
+    @server.tool(name="job_heartbeat", description=JOB_HEARTBEAT.replace("{lease}", lease))
     @on_trio
     async def job_heartbeat_tool(
         ctx: Context[Any, Any],
@@ -319,7 +331,7 @@ job is enqueued or wait_seconds (1-600, default 300) pass, then returns
 {"status": "timeout", "message": ...} exactly on time. Jobs of one story are handed out one at
 a time, oldest first.
 
-On success the job is CLAIMED for you with a 5 minute lease. The result has job_id, kind,
+On success the job is CLAIMED for you with a {lease} lease. The result has job_id, kind,
 config (model, thinking_budget, permission_mode), task, story, pbi, sprint, product and, for
 TASK_IMPLEMENTATION jobs, worktree_path (a git worktree made for this job: work ONLY there),
 branch_name (the story's branch, shared with the story's other tasks), reused_branch and
@@ -344,7 +356,7 @@ worker), JOB_CANCELLED (cancelled in Scrum4Me: discard your changes and call wai
 VALIDATION_ERROR (bad input; nothing was changed)."""
 
 JOB_HEARTBEAT = """\
-Extend the lease on a job you are working on to 5 minutes from now. Call it about every 60
+Extend the lease on a job you are working on to {lease} from now. Call it about every 60
 seconds: a job whose lease runs out is taken back and given to another worker, and your later
 reports on it are refused. Returns {ok, job_id, lease_until, sprint_run_status,
 sprint_run_pause_reason}."""

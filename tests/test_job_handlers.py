@@ -20,6 +20,7 @@ from handlers.transition import ERROR_MAX, SUMMARY_MAX, StatusReport, update_job
 from handlers.workspace import GitRunner, Workspace
 from handlers.worktree import WorktreeUnavailable, attach_worktree
 from reactor.db import Database, ListenSession
+from reactor.jobflow import CleanupService
 from reactor.sqlfiles import Query
 from tests.factory import World, add_story, enqueue, make_world
 from tests.gitrepo import (
@@ -31,7 +32,7 @@ from tests.gitrepo import (
     make_setup,
     push_from_other_clone,
 )
-from tests.running import worker_for
+from tests.running import running_reactor, settings_for, worker_for
 from tests.waiting import eventually
 
 KINDS = ["TASK_IMPLEMENTATION"]
@@ -288,6 +289,32 @@ async def test_unpushed_commits_survive_cleanup(db: Database, tmp_path: Path) ->
     assert await cleanup_story(db, env.ws, story.id, why="test") == [job_id]
     assert not ready.path.exists()
     assert git(env.setup.root, "rev-parse", ready.branch) == tip
+
+
+async def test_a_ui_cancel_of_the_last_queued_sibling_cleans_up_the_story(
+    db: Database, dsn: str, tmp_path: Path
+) -> None:
+    # Nobody of ours ends the story: the UI cancels its last job. job_status_changed wakes
+    # the reactor, which removes the finished sibling's worktree and keeps its pushed branch.
+    env = await make_env(db, tmp_path)
+    story = await add_story(db, env.world, tasks=2)
+    first, second = [await enqueue(db, env.world, task) for task in story.task_ids]
+    await claim(db, env.worker)
+    ready = await attach_worktree(db, env.ws, env.worker, first)
+    assert ready is not None
+    commit(ready.path, "first.txt")
+    assert (await report(db, env, first, "done"))["pushed_at"] is not None
+    settings = settings_for(dsn, env.world.token, tmp_path / "reactor")
+    async with running_reactor(db, settings, env.world, presence=False) as reactor:
+        CleanupService(reactor, env.ws)
+        await cleanup_story(db, env.ws, story.id, why="test")
+        assert ready.path.is_dir()  # the second job is still queued
+        await db.execute(
+            sql("UPDATE claude_jobs SET status = 'CANCELLED', updated_at = now() WHERE id = $1"),
+            second,
+        )
+        await eventually(lambda: not ready.path.exists(), within=10)
+    assert ready.branch in branches(env.setup.root)  # delivered and pushed: kept
 
 
 async def test_catch_up_finds_cleanups_missed_while_away(db: Database, tmp_path: Path) -> None:

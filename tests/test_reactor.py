@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from handlers import presence
 from handlers.claim import claim_job, renew_leases, rescue_expired
 from reactor import metrics
 from reactor.db import Database
@@ -68,6 +69,55 @@ async def test_a_committed_insert_is_claimed_without_waiting_for_the_sweep(
     )
     assert row["plan_snapshot"] == "Do it."
     assert row["leased"]
+
+
+async def _without_our_enqueue_triggers(db: Database) -> None:
+    """This test's own database: jobs inserted from now on announce nothing by themselves."""
+    await db.execute(sql("ALTER TABLE claude_jobs DISABLE TRIGGER reactor_job_enqueued_insert_v1"))
+    await db.execute(sql("ALTER TABLE claude_jobs DISABLE TRIGGER reactor_job_enqueued_update_v1"))
+
+
+async def test_the_apps_own_enqueue_notification_wakes_a_claim(
+    db: Database, dsn: str, tmp_path: Path
+) -> None:
+    # A Scrum4Me app that announces enqueues itself on scrum4me_changes (as it does for
+    # scrum4me-mcp) is heard even where our triggers are missing.
+    world = await make_world(db)
+    story = await add_story(db, world)
+    await _without_our_enqueue_triggers(db)
+    collector = Collector()
+    async with running_reactor(db, settings_for(dsn, world.token, tmp_path), world) as reactor:
+        reactor.pump.add(collector)
+        await reactor.pump.wait_quiet()
+        job_id = await enqueue(db, world, story.task_ids[0])
+        await reactor.pump.wait_quiet()
+        assert collector.jobs == []  # nothing announced it yet; the sweep is 60 s away
+        payload = json.dumps(
+            {"type": "claude_job_enqueued", "job_id": job_id, "user_id": world.user_id,
+             "product_id": world.product_id, "kind": "TASK_IMPLEMENTATION"}
+        )  # fmt: skip
+        await db.execute(sql("SELECT pg_notify('scrum4me_changes', $1)"), payload)
+        jobs = await collector.wait_for(1, within=5)
+    assert jobs[0].id == job_id
+
+
+async def test_a_worker_connecting_runs_a_dispatch_pass(
+    db: Database, dsn: str, tmp_path: Path
+) -> None:
+    world = await make_world(db)
+    story = await add_story(db, world)
+    await _without_our_enqueue_triggers(db)
+    collector = Collector()
+    async with running_reactor(db, settings_for(dsn, world.token, tmp_path), world) as reactor:
+        reactor.pump.add(collector)
+        job_id = await enqueue(db, world, story.task_ids[0])
+        await reactor.pump.wait_quiet()
+        assert collector.jobs == []
+        newcomer = await worker_for(db, world, "laptop-7")
+        await presence.register(db, newcomer, hostname="laptop")  # worker_connected
+        jobs = await collector.wait_for(1, within=5)
+        assert "laptop-7" in reactor.state.live_workers
+    assert jobs[0].id == job_id
 
 
 async def test_a_rolled_back_insert_wakes_nothing(db: Database, dsn: str, tmp_path: Path) -> None:

@@ -1,0 +1,89 @@
+"""Recovery after a lost listener: from pg_terminate_backend to the first claim after it.
+
+Per sample: a seeded idle gap; T0 just before the listening backend of the reactor worker
+is terminated; a job is enqueued right after (T1), while the listener is down, so only the
+reconnect's catch-up sweep can find it (the safety sweep is set to 600 s); T2 is the claim
+committed (the worker's offer()). Reported: T2 - T0 (kill to claim) and T2 - T1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench.common import CLOCK, Children, Server, bench_database, emit, percentiles, progress
+from bench.latency import settle_database
+from bench.world import enqueue, make_world, reactor_env
+
+_LISTENER = """
+SELECT pid FROM pg_stat_activity
+WHERE datname = current_database() AND application_name = $1
+"""
+
+
+async def _listener_pid(conn: asyncpg.Connection, name: str, within: float = 30.0) -> int:
+    """The backend of the worker's LISTEN session, once it is (back) up."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        pid = await conn.fetchval(_LISTENER, name)
+        if pid is not None:
+            return int(pid)
+        await asyncio.sleep(0.005)
+    raise RuntimeError(f"no backend named {name} within {within} s")
+
+
+async def run(args: Any, server: Server, logs: Path) -> None:
+    rng = random.Random(args.seed)
+    async with bench_database(server, "rec") as dsn:
+        world = await make_world(dsn)
+        home = logs / "home-reconnect"
+        home.mkdir(exist_ok=True)
+        env = reactor_env(world, str(home), "bench-reconnect")
+        env["REACTOR_SWEEP_SECONDS"] = "600"  # only the reconnect's catch-up may find the job
+        conn = await asyncpg.connect(dsn)
+        try:
+            await settle_database(dsn)
+            async with Children() as children:
+                child = await children.start(
+                    "reactor",
+                    ["-m", "bench.reactor_worker", "--slots", "1"],
+                    env=env,
+                    log=logs / "reactor-reconnect.log",
+                )
+                await child.expect("ready")
+                name = "reactor-listen:bench-reconnect"
+                kill_to_claim, enqueue_to_claim = [], []
+                for index in range(args.warmup + args.samples):
+                    await asyncio.sleep(rng.uniform(0.2, 0.5))
+                    pid = await _listener_pid(conn, name)
+                    t0 = time.perf_counter()
+                    await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+                    t1 = time.perf_counter()
+                    job_id = await enqueue(conn, world, world.task_ids[0])
+                    line = await child.expect("c", within=30)
+                    if line[2] != job_id:
+                        raise RuntimeError(f"claimed {line[2]}, expected {job_id}")
+                    await child.expect("d", within=30)
+                    if index >= args.warmup:
+                        t2 = float(line[1])
+                        kill_to_claim.append((t2 - t0) * 1000)
+                        enqueue_to_claim.append((t2 - t1) * 1000)
+                    if (index + 1) % 10 == 0:
+                        progress(f"reconnect: {index + 1}/{args.warmup + args.samples} samples")
+        finally:
+            await conn.close()
+    emit(
+        {
+            "bench": "reconnect",
+            "samples": args.samples,
+            "warmup": args.warmup,
+            "kill_to_claim_ms": percentiles(kill_to_claim),
+            "enqueue_to_claim_ms": percentiles(enqueue_to_claim),
+            "clock": CLOCK,
+        }
+    )
