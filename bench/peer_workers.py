@@ -246,6 +246,9 @@ def named_query(file: str, name: str) -> str:
     return block.strip()
 
 
+_ANY_QUEUED = "SELECT EXISTS (SELECT 1 FROM claude_jobs WHERE user_id = $1 AND status = 'QUEUED')"
+
+
 class SqlFloor:
     def __init__(self, args: Any, pool: asyncpg.Pool) -> None:
         self.args, self.pool = args, pool
@@ -272,6 +275,7 @@ class SqlFloor:
         while True:
             free = a.concurrency - len(self.in_flight)
             if free > 0:
+                busy = bool(self.in_flight)
                 rows = await self.pool.fetch(
                     self.claim, a.user, a.token_id, a.instance, None, self.kinds, 300, free, []
                 )
@@ -281,7 +285,13 @@ class SqlFloor:
                     self.in_flight.add(task)
                     task.add_done_callback(self._done)
                 if not rows and not self.in_flight:
-                    return  # nothing queued and nothing running: drained
+                    # A finish that committed during the claim was not in its snapshot, and
+                    # another process may hold the heads of the stories left: drained only
+                    # when nothing ran meanwhile and no job is queued at all.
+                    if not busy and not await self.pool.fetchval(_ANY_QUEUED, a.user):
+                        return
+                    await asyncio.sleep(0.001)
+                    continue
             await self.wake.wait()
             self.wake.clear()
 
@@ -290,7 +300,9 @@ class SqlFloor:
 
 
 async def sqlfloor_main(args: Any) -> None:
-    pool = await asyncpg.create_pool(args.dsn, min_size=2, max_size=args.concurrency + 2)
+    # The reactor's pool size (REACTOR_POOL_SIZE default): completions queue for a
+    # connection the same way, and K processes stay within max_connections.
+    pool = await asyncpg.create_pool(args.dsn, min_size=2, max_size=8)
     floor = SqlFloor(args, pool)
     await serve(floor.latency, floor.drain, args.mode)
 
