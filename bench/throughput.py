@@ -167,12 +167,18 @@ async def drain(
             try:
                 async with asyncio.timeout(limit_s):
                     if system in SCRUM4ME_SYSTEMS:
+                        # Done at the last completion of any process. A collector that ends
+                        # before that either raises (its worker died) or saw its worker
+                        # drain (the SQL floor's processes stop one by one): keep waiting.
                         done_waiter = asyncio.create_task(tally.complete.wait())
-                        finished, _ = await asyncio.wait(
-                            [done_waiter, *collectors], return_when=asyncio.FIRST_COMPLETED
-                        )
-                        for task in finished:
-                            task.result()  # a collector that ended early raises here
+                        waiting: set[asyncio.Task[Any]] = {done_waiter, *collectors}
+                        while not tally.complete.is_set() and waiting - {done_waiter}:
+                            finished, waiting = await asyncio.wait(
+                                waiting, return_when=asyncio.FIRST_COMPLETED
+                            )
+                            for task in finished:
+                                task.result()
+                        done_waiter.cancel()
                         t_end = tally.last_done
                         cpu_after = [sum(p.cpu_times()[:2]) for p in procs]
                     else:
