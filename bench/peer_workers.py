@@ -246,6 +246,9 @@ def named_query(file: str, name: str) -> str:
     return block.strip()
 
 
+# What handlers/presence.py registers (not imported: that would import reactor, and with it
+# trio_asyncio, into this plain asyncio process).
+CAPABILITIES = ("code_edit", "planning", "review")
 _ANY_QUEUED = "SELECT EXISTS (SELECT 1 FROM claude_jobs WHERE user_id = $1 AND status = 'QUEUED')"
 
 
@@ -277,8 +280,9 @@ class SqlFloor:
             if free > 0:
                 busy = bool(self.in_flight)
                 rows = await self.pool.fetch(
-                    self.claim, a.user, a.token_id, a.instance, None, self.kinds, 300, free, []
-                )
+                    self.claim, a.user, a.token_id, a.instance, None, self.kinds, 300, free, [],
+                    list(CAPABILITIES),
+                )  # fmt: skip
                 for row in rows:
                     say(f"c {time.perf_counter()!r} {row['id']}")
                     task = asyncio.create_task(self._finish(row["id"]))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from handlers.auth import Worker
+from handlers.presence import CAPABILITIES
 from reactor import metrics
 from reactor.db import Database, Row
 from reactor.logs import get_logger
@@ -105,6 +106,7 @@ async def claim_jobs(
         lease_seconds,
         limit,
         list(excluded),
+        list(CAPABILITIES),
     )
     metrics.CLAIM_ATTEMPTS.labels("claimed" if rows else "empty").inc()
     jobs = [_claimed(row) for row in rows]

@@ -86,7 +86,9 @@ async def test_the_apps_own_enqueue_notification_wakes_a_claim(
     story = await add_story(db, world)
     await _without_our_enqueue_triggers(db)
     collector = Collector()
-    async with running_reactor(db, settings_for(dsn, world.token, tmp_path), world) as reactor:
+    # Without a presence row of its own: its worker_connected would wake the pump too.
+    settings = settings_for(dsn, world.token, tmp_path)
+    async with running_reactor(db, settings, world, presence=False) as reactor:
         reactor.pump.add(collector)
         await reactor.pump.wait_quiet()
         job_id = await enqueue(db, world, story.task_ids[0])
@@ -108,8 +110,11 @@ async def test_a_worker_connecting_runs_a_dispatch_pass(
     story = await add_story(db, world)
     await _without_our_enqueue_triggers(db)
     collector = Collector()
-    async with running_reactor(db, settings_for(dsn, world.token, tmp_path), world) as reactor:
+    # Without a presence row of its own: its worker_connected would wake the pump too.
+    settings = settings_for(dsn, world.token, tmp_path)
+    async with running_reactor(db, settings, world, presence=False) as reactor:
         reactor.pump.add(collector)
+        await reactor.pump.wait_quiet()  # the pass that adding a consumer asks for is over
         job_id = await enqueue(db, world, story.task_ids[0])
         await reactor.pump.wait_quiet()
         assert collector.jobs == []
@@ -241,6 +246,33 @@ async def test_a_job_whose_id_could_escape_the_job_directories_is_never_claimed(
     ]  # fmt: skip
     assert [job.id if job else None for job in claimed] == [good, None]
     assert await status_of(db, "../../etc/x") == "QUEUED"
+
+
+async def test_a_job_that_requires_a_capability_we_lack_is_left_alone(db: Database) -> None:
+    world = await make_world(db)
+    deploy, review = await add_story(db, world), await add_story(db, world)
+    for_deployers = await enqueue(db, world, deploy.task_ids[0])
+    for_reviewers = await enqueue(db, world, review.task_ids[0])
+    set_capability = sql("UPDATE claude_jobs SET required_capability = $2 WHERE id = $1")
+    await db.execute(set_capability, for_deployers, "deploy")
+    await db.execute(set_capability, for_reviewers, "review")  # registered by every worker
+    worker = await worker_for(db, world, "w1")
+    claimed = [
+        await claim_job(
+            db, worker, kinds=["TASK_IMPLEMENTATION"], product_id=None, lease_seconds=300,
+            consumer="test",
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    assert [job.id if job else None for job in claimed] == [for_reviewers, None]
+    assert await status_of(db, for_deployers) == "QUEUED"
+
+
+def test_the_sql_floor_of_the_benchmarks_claims_with_our_capabilities() -> None:
+    from bench import peer_workers
+    from handlers.presence import CAPABILITIES
+
+    assert peer_workers.CAPABILITIES == CAPABILITIES
 
 
 async def test_sprint_sequence_barrier_and_run_state(

@@ -9,8 +9,10 @@
 -- Claim up to $7 of the oldest eligible QUEUED jobs for one worker, in one statement.
 -- $1 user_id, $2 token_id, $3 instance_id, $4 product_id or NULL, $5 kinds, $6 lease seconds,
 -- $7 how many (the consumer's free slots), $8 job ids this process is cooling down (jobs it
--- just failed to prepare, e.g. no repo root: not retried in a hot loop).
--- Eligible: the user's, QUEUED, runtime CLAUDE, a configured kind, the product if given;
+-- just failed to prepare, e.g. no repo root: not retried in a hot loop), $9 the capabilities
+-- this worker registers (a job that requires another one is for a specialised worker).
+-- Eligible: the user's, QUEUED, runtime CLAUDE, a configured kind, the product if given, no
+-- required capability or one of ours;
 -- a sprint-run job needs its run QUEUED/RUNNING and no earlier sprint_sequence still active;
 -- per-story order: one job of a kind per story at a time, oldest first. A job waits while an
 -- older sibling of the same kind is QUEUED, CLAIMED or RUNNING, and while any sibling of that
@@ -38,6 +40,7 @@ WITH heads AS (
           AND cj.kind::text = ANY($5::text[])
           AND ($4::text IS NULL OR cj.product_id = $4::text)
           AND NOT (cj.id = ANY($8::text[]))
+          AND (cj.required_capability IS NULL OR cj.required_capability = ANY($9::text[]))
           AND (cj.sprint_run_id IS NULL OR EXISTS (
                    SELECT 1 FROM sprint_runs sr
                    WHERE sr.id = cj.sprint_run_id AND sr.status IN ('QUEUED', 'RUNNING')))
