@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
@@ -438,7 +439,7 @@ async def test_health_turns_unhealthy_when_the_database_goes_away_and_recovers(
     db: Database, dsn: str, tmp_path: Path, pg_server: Any
 ) -> None:
     world = await make_world(db)
-    name = dsn.rsplit("/", 1)[1].split("?")[0]
+    name = urlsplit(dsn).path.lstrip("/")  # also for the embedded server's socket-path DSN
     async with running_daemon(
         db, dsn, world, tmp_path, REACTOR_LISTENER_DOWN_UNHEALTHY_SECONDS="1"
     ) as daemon:
