@@ -340,7 +340,11 @@ class PrivateServer:
                 self.stop("immediate")
         handle = PostgresServer._instances.get(self.pgdata)
         if handle is not None:
-            handle.cleanup()  # its own postmaster is gone: it only deletes pgdata
+            # The postmaster it started is gone (this test stopped and restarted the cluster),
+            # but its process entry may linger for a moment; its cleanup would then try to
+            # signal a process that vanishes under it. Forget it: only pgdata is left to delete.
+            handle._postmaster_info = None
+            handle.cleanup()
         assert self.pg.embedded_dir is not None
         shutil.rmtree(self.pg.embedded_dir, ignore_errors=True)
 
