@@ -154,14 +154,14 @@ class ReactorMcpSystem:
 
 @asynccontextmanager
 async def reactor_system(
-    server: Server, mode: str, logs: Path
+    server: Server, mode: str, logs: Path, extra_env: dict[str, str] | None = None
 ) -> AsyncIterator[ReactorWorkerSystem | ReactorMcpSystem]:
     """A fresh database, its world, and the worker (child process or MCP server)."""
     async with bench_database(server, "lat") as dsn:
         world = await make_world(dsn)
         home = logs / f"home-{mode}"
         home.mkdir(exist_ok=True)
-        env = reactor_env(world, str(home), f"bench-{mode}")
+        env = {**reactor_env(world, str(home), f"bench-{mode}"), **(extra_env or {})}
         conn = await asyncpg.connect(dsn)
         try:
             await settle_database(dsn)

@@ -16,9 +16,9 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import CLOCK, Children, Server, bench_database, emit, percentiles, progress
-from bench.latency import settle_database
-from bench.world import enqueue, make_world, reactor_env
+from bench.common import CLOCK, Server, emit, percentiles, progress
+from bench.latency import ReactorWorkerSystem, reactor_system
+from bench.world import enqueue
 
 _LISTENER = """
 SELECT pid FROM pg_stat_activity
@@ -39,44 +39,32 @@ async def _listener_pid(conn: asyncpg.Connection, name: str, within: float = 30.
 
 async def run(args: Any, server: Server, logs: Path) -> None:
     rng = random.Random(args.seed)
-    async with bench_database(server, "rec") as dsn:
-        world = await make_world(dsn)
-        home = logs / "home-reconnect"
-        home.mkdir(exist_ok=True)
-        env = reactor_env(world, str(home), "bench-reconnect")
-        env["REACTOR_SWEEP_SECONDS"] = "600"  # only the reconnect's catch-up may find the job
-        conn = await asyncpg.connect(dsn)
-        try:
-            await settle_database(dsn)
-            async with Children() as children:
-                child = await children.start(
-                    "reactor",
-                    ["-m", "bench.reactor_worker", "--slots", "1"],
-                    env=env,
-                    log=logs / "reactor-reconnect.log",
-                )
-                await child.expect("ready")
-                name = "reactor-listen:bench-reconnect"
-                kill_to_claim, enqueue_to_claim = [], []
-                for index in range(args.warmup + args.samples):
-                    await asyncio.sleep(rng.uniform(0.2, 0.5))
-                    pid = await _listener_pid(conn, name)
-                    t0 = time.perf_counter()
-                    await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
-                    t1 = time.perf_counter()
-                    job_id = await enqueue(conn, world, world.task_ids[0])
-                    line = await child.expect("c", within=30)
-                    if line[2] != job_id:
-                        raise RuntimeError(f"claimed {line[2]}, expected {job_id}")
-                    await child.expect("d", within=30)
-                    if index >= args.warmup:
-                        t2 = float(line[1])
-                        kill_to_claim.append((t2 - t0) * 1000)
-                        enqueue_to_claim.append((t2 - t1) * 1000)
-                    if (index + 1) % 10 == 0:
-                        progress(f"reconnect: {index + 1}/{args.warmup + args.samples} samples")
-        finally:
-            await conn.close()
+    kill_to_claim: list[float] = []
+    enqueue_to_claim: list[float] = []
+    # Only the reconnect's catch-up sweep may find the job: the periodic one is 600 s away.
+    async with reactor_system(
+        server, "worker", logs, extra_env={"REACTOR_SWEEP_SECONDS": "600"}
+    ) as system:
+        assert isinstance(system, ReactorWorkerSystem)
+        conn, world, child = system.conn, system.world, system.child
+        name = "reactor-listen:bench-worker"
+        for index in range(args.warmup + args.samples):
+            await asyncio.sleep(rng.uniform(0.2, 0.5))
+            pid = await _listener_pid(conn, name)
+            t0 = time.perf_counter()
+            await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+            t1 = time.perf_counter()
+            job_id = await enqueue(conn, world, world.task_ids[0])
+            line = await child.expect("c", within=30)
+            if line[2] != job_id:
+                raise RuntimeError(f"claimed {line[2]}, expected {job_id}")
+            await child.expect("d", within=30)
+            if index >= args.warmup:
+                t2 = float(line[1])
+                kill_to_claim.append((t2 - t0) * 1000)
+                enqueue_to_claim.append((t2 - t1) * 1000)
+            if (index + 1) % 10 == 0:
+                progress(f"reconnect: {index + 1}/{args.warmup + args.samples} samples")
     emit(
         {
             "bench": "reconnect",

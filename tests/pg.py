@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import psutil
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -104,3 +105,12 @@ async def _execute(dsn: str, sql: str) -> None:
 def _check_ident(name: str) -> None:
     if not _IDENT.match(name):
         raise ValueError(f"unsafe database name {name!r}")
+
+
+def embedded_server_stopped(pgdata: Path) -> bool:
+    """Whether no PostgreSQL of that data directory is left (no process, no postmaster.pid)."""
+    running = any(
+        str(pgdata) in " ".join(process.info.get("cmdline") or [])
+        for process in psutil.process_iter(["cmdline"])
+    )
+    return not running and not (pgdata / "postmaster.pid").exists()

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import psutil
 import pytest
 import trio
 
@@ -38,7 +37,7 @@ from reactor.ids import new_cuid
 from reactor.sqlfiles import Query, load_migrations, query
 from tests.factory import World, add_story, enqueue, make_user, make_world
 from tests.gitrepo import make_setup
-from tests.pg import PgServer, unique_name
+from tests.pg import PgServer, embedded_server_stopped, unique_name
 from tests.waiting import eventually
 
 REACTOR = (sys.executable, "-m", "reactor")
@@ -425,15 +424,6 @@ def test_migrate_with_app_schema_builds_an_empty_database_and_is_idempotent(
     assert "app schema present (left untouched)" in second.out
 
 
-def processes_mentioning(text: str) -> list[str]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(process.info.get("cmdline") or [])
-        if text in cmdline:
-            found.append(cmdline)
-    return found
-
-
 async def test_migrate_on_the_embedded_default_names_it_and_reports_what_it_created(
     tmp_path: Path,
 ) -> None:
@@ -466,7 +456,7 @@ async def test_migrate_on_the_embedded_default_names_it_and_reports_what_it_crea
     # The server stops with its last user.
     pgdata = data_dir / "pgdata"
     await eventually(
-        lambda: not processes_mentioning(str(pgdata)) and not (pgdata / "postmaster.pid").exists(),
+        lambda: embedded_server_stopped(pgdata),
         within=10,
     )
 

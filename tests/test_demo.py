@@ -14,23 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import trio
 
+from tests.pg import embedded_server_stopped
 from tests.waiting import eventually
 
 LABELS = ("A1", "A2", "A3", "B1")
 BRANCH = re.compile(r"^feat/story-[0-9a-z]{8}$")
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that contain ``text`` (e.g. ``postgres -D <dir>``)."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(process.info.get("cmdline") or [])
-        if text in cmdline:
-            found.append(cmdline)
-    return found
 
 
 def summary_rows(out: str) -> dict[str, list[str]]:
@@ -105,6 +95,6 @@ async def test_the_demo_runs_every_job_to_a_pushed_branch_and_cleans_up_after_it
     # psutil sees the postmaster by its "-D <pgdata>" argument; its workers go down with it,
     # and a cleanly stopped server removes its postmaster.pid.
     await eventually(
-        lambda: not processes_mentioning(str(pgdata)) and not (pgdata / "postmaster.pid").exists(),
+        lambda: embedded_server_stopped(pgdata),
         within=10,
     )

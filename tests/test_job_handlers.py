@@ -18,11 +18,11 @@ from handlers.queue import check_queue_empty
 from handlers.repo_root import RepoRootConfig
 from handlers.transition import ERROR_MAX, SUMMARY_MAX, StatusReport, update_job_status
 from handlers.workspace import GitRunner, Workspace
-from handlers.worktree import WorktreeUnavailable, attach_worktree
+from handlers.worktree import WorktreeReady, WorktreeUnavailable, attach_worktree
 from reactor.db import Database, ListenSession
 from reactor.jobflow import CleanupService
 from reactor.sqlfiles import Query
-from tests.factory import World, add_story, enqueue, make_world
+from tests.factory import Story, World, add_story, enqueue, make_world
 from tests.gitrepo import (
     Setup,
     branches,
@@ -85,6 +85,24 @@ async def report(db: Database, env: Env, job_id: str, status: Any, **fields: Any
     )
 
 
+@dataclass
+class Started:
+    """A story whose first job is claimed and has its worktree."""
+
+    story: Story
+    jobs: list[str]
+    ready: WorktreeReady
+
+
+async def start_first_job(db: Database, env: Env, *, tasks: int = 1) -> Started:
+    story = await add_story(db, env.world, tasks=tasks)
+    jobs = [await enqueue(db, env.world, task) for task in story.task_ids]
+    assert await claim(db, env.worker) == jobs[0]
+    ready = await attach_worktree(db, env.ws, env.worker, jobs[0])
+    assert ready is not None
+    return Started(story, jobs, ready)
+
+
 async def row(db: Database, job_id: str) -> dict[str, object]:
     found = await db.fetchrow(
         sql("SELECT * , status::text AS s FROM claude_jobs WHERE id = $1"), job_id
@@ -131,11 +149,8 @@ async def test_a_retried_job_continues_its_own_branch_and_pushes_the_earlier_com
     db: Database, tmp_path: Path, requeue: str
 ) -> None:
     env = await make_env(db, tmp_path)
-    story = await add_story(db, env.world)
-    job_id = await enqueue(db, env.world, story.task_ids[0])
-    await claim(db, env.worker)
-    first = await attach_worktree(db, env.ws, env.worker, job_id)
-    assert first is not None
+    started = await start_first_job(db, env)
+    job_id, first = started.jobs[0], started.ready
     commit(first.path, "attempt1.txt")
     if requeue == "shutdown":
         assert await rollback_claim(db, env.worker, job_id, reason="shutdown")
@@ -163,11 +178,8 @@ async def test_an_active_siblings_worktree_is_never_evicted_for_the_branch(
     # However a second job of the story came to be claimed (another scheduler, a hand edit),
     # the running sibling's worktree holding the branch is left alone: the claim goes back.
     env = await make_env(db, tmp_path)
-    story = await add_story(db, env.world, tasks=2)
-    first, second = [await enqueue(db, env.world, task) for task in story.task_ids]
-    await claim(db, env.worker)
-    ready = await attach_worktree(db, env.ws, env.worker, first)
-    assert ready is not None
+    started = await start_first_job(db, env, tasks=2)
+    (first, second), ready = started.jobs, started.ready
     (ready.path / "work-in-progress.txt").write_text("not committed yet\n")
     await db.execute(
         sql(
@@ -297,11 +309,8 @@ async def test_a_ui_cancel_of_the_last_queued_sibling_cleans_up_the_story(
     # Nobody of ours ends the story: the UI cancels its last job. job_status_changed wakes
     # the reactor, which removes the finished sibling's worktree and keeps its pushed branch.
     env = await make_env(db, tmp_path)
-    story = await add_story(db, env.world, tasks=2)
-    first, second = [await enqueue(db, env.world, task) for task in story.task_ids]
-    await claim(db, env.worker)
-    ready = await attach_worktree(db, env.ws, env.worker, first)
-    assert ready is not None
+    started = await start_first_job(db, env, tasks=2)
+    (first, second), ready, story = started.jobs, started.ready, started.story
     commit(ready.path, "first.txt")
     assert (await report(db, env, first, "done"))["pushed_at"] is not None
     settings = settings_for(dsn, env.world.token, tmp_path / "reactor")

@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,9 @@ from handlers.claim import claim_job, renew_leases, rescue_expired
 from reactor import metrics
 from reactor.db import Database
 from reactor.listener import ListenerState
+from reactor.runtime import Reactor
 from reactor.sqlfiles import Query
-from tests.factory import add_sprint_run, add_story, enqueue, make_world
+from tests.factory import World, add_sprint_run, add_story, enqueue, make_world
 from tests.running import Collector, running_reactor, settings_for, worker_for
 from tests.waiting import eventually
 
@@ -71,46 +74,24 @@ async def test_a_committed_insert_is_claimed_without_waiting_for_the_sweep(
     assert row["leased"]
 
 
-async def _without_our_enqueue_triggers(db: Database) -> None:
-    """This test's own database: jobs inserted from now on announce nothing by themselves."""
+@dataclass
+class Unannounced:
+    world: World
+    reactor: Reactor
+    collector: Collector
+    job_id: str
+
+
+@contextlib.asynccontextmanager
+async def an_unannounced_job(db: Database, dsn: str, tmp_path: Path) -> AsyncIterator[Unannounced]:
+    """A running reactor with a free consumer, and a QUEUED job nothing has announced: our
+    enqueue triggers are off in this test's database, and the reactor has no presence row
+    (its worker_connected would wake the pump). The sweep is 60 s away."""
+    world = await make_world(db)
+    story = await add_story(db, world)
     await db.execute(sql("ALTER TABLE claude_jobs DISABLE TRIGGER reactor_job_enqueued_insert_v1"))
     await db.execute(sql("ALTER TABLE claude_jobs DISABLE TRIGGER reactor_job_enqueued_update_v1"))
-
-
-async def test_the_apps_own_enqueue_notification_wakes_a_claim(
-    db: Database, dsn: str, tmp_path: Path
-) -> None:
-    # A Scrum4Me app that announces enqueues itself on scrum4me_changes (as it does for
-    # scrum4me-mcp) is heard even where our triggers are missing.
-    world = await make_world(db)
-    story = await add_story(db, world)
-    await _without_our_enqueue_triggers(db)
     collector = Collector()
-    # Without a presence row of its own: its worker_connected would wake the pump too.
-    settings = settings_for(dsn, world.token, tmp_path)
-    async with running_reactor(db, settings, world, presence=False) as reactor:
-        reactor.pump.add(collector)
-        await reactor.pump.wait_quiet()
-        job_id = await enqueue(db, world, story.task_ids[0])
-        await reactor.pump.wait_quiet()
-        assert collector.jobs == []  # nothing announced it yet; the sweep is 60 s away
-        payload = json.dumps(
-            {"type": "claude_job_enqueued", "job_id": job_id, "user_id": world.user_id,
-             "product_id": world.product_id, "kind": "TASK_IMPLEMENTATION"}
-        )  # fmt: skip
-        await db.execute(sql("SELECT pg_notify('scrum4me_changes', $1)"), payload)
-        jobs = await collector.wait_for(1, within=5)
-    assert jobs[0].id == job_id
-
-
-async def test_a_worker_connecting_runs_a_dispatch_pass(
-    db: Database, dsn: str, tmp_path: Path
-) -> None:
-    world = await make_world(db)
-    story = await add_story(db, world)
-    await _without_our_enqueue_triggers(db)
-    collector = Collector()
-    # Without a presence row of its own: its worker_connected would wake the pump too.
     settings = settings_for(dsn, world.token, tmp_path)
     async with running_reactor(db, settings, world, presence=False) as reactor:
         reactor.pump.add(collector)
@@ -118,11 +99,33 @@ async def test_a_worker_connecting_runs_a_dispatch_pass(
         job_id = await enqueue(db, world, story.task_ids[0])
         await reactor.pump.wait_quiet()
         assert collector.jobs == []
-        newcomer = await worker_for(db, world, "laptop-7")
+        yield Unannounced(world, reactor, collector, job_id)
+
+
+async def test_the_apps_own_enqueue_notification_wakes_a_claim(
+    db: Database, dsn: str, tmp_path: Path
+) -> None:
+    # A Scrum4Me app that announces enqueues itself on scrum4me_changes (as it does for
+    # scrum4me-mcp) is heard even where our triggers are missing.
+    async with an_unannounced_job(db, dsn, tmp_path) as case:
+        payload = json.dumps(
+            {"type": "claude_job_enqueued", "job_id": case.job_id, "user_id": case.world.user_id,
+             "product_id": case.world.product_id, "kind": "TASK_IMPLEMENTATION"}
+        )  # fmt: skip
+        await db.execute(sql("SELECT pg_notify('scrum4me_changes', $1)"), payload)
+        jobs = await case.collector.wait_for(1, within=5)
+    assert jobs[0].id == case.job_id
+
+
+async def test_a_worker_connecting_runs_a_dispatch_pass(
+    db: Database, dsn: str, tmp_path: Path
+) -> None:
+    async with an_unannounced_job(db, dsn, tmp_path) as case:
+        newcomer = await worker_for(db, case.world, "laptop-7")
         await presence.register(db, newcomer, hostname="laptop")  # worker_connected
-        jobs = await collector.wait_for(1, within=5)
-        assert "laptop-7" in reactor.state.live_workers
-    assert jobs[0].id == job_id
+        jobs = await case.collector.wait_for(1, within=5)
+        assert "laptop-7" in case.reactor.state.live_workers
+    assert jobs[0].id == case.job_id
 
 
 async def test_a_rolled_back_insert_wakes_nothing(db: Database, dsn: str, tmp_path: Path) -> None:
@@ -186,26 +189,11 @@ async def test_story_tasks_run_in_order_while_stories_run_in_parallel(
     assert collector.ids[:2] in ([a_jobs[0], b_job], [b_job, a_jobs[0]])
 
 
-async def test_a_failed_story_head_does_not_block_its_successor(
+async def test_a_failed_story_head_lets_its_successor_run_and_waits_for_it_when_retried(
     db: Database, dsn: str, tmp_path: Path
 ) -> None:
-    world = await make_world(db)
-    story = await add_story(db, world, tasks=2)
-    first, second = [await enqueue(db, world, task_id) for task_id in story.task_ids]
-    collector = Collector(slots=2)
-    async with running_reactor(db, settings_for(dsn, world.token, tmp_path), world) as reactor:
-        reactor.pump.add(collector)
-        await collector.wait_for(1)
-        await finish(db, first, "FAILED")
-        await collector.wait_for(2)
-    assert collector.ids == [first, second]
-
-
-async def test_a_retried_story_head_waits_while_its_successor_runs(
-    db: Database, dsn: str, tmp_path: Path
-) -> None:
-    # The head failed, its successor took the story branch; then the UI retries the head.
-    # Two jobs of one story must never run at once: the retry waits for the successor.
+    # A failed head does not block its story. Retried by the UI while its successor runs on
+    # the story branch, it waits: two jobs of one story never run at once.
     world = await make_world(db)
     story = await add_story(db, world, tasks=2)
     first, second = [await enqueue(db, world, task_id) for task_id in story.task_ids]
@@ -215,6 +203,7 @@ async def test_a_retried_story_head_waits_while_its_successor_runs(
         await collector.wait_for(1)
         await finish(db, first, "FAILED")
         await collector.wait_for(2)
+        assert collector.ids == [first, second]
         await db.execute(
             sql("UPDATE claude_jobs SET status = 'QUEUED', updated_at = now() WHERE id = $1"),
             first,
