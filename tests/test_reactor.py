@@ -217,6 +217,19 @@ async def test_a_failed_story_head_lets_its_successor_run_and_waits_for_it_when_
     assert collector.ids == [first, second, first]
 
 
+async def claims_in_a_row(db: Database, world: World, count: int) -> list[str | None]:
+    """The ids ``count`` claims in a row return (None: nothing was claimable)."""
+    worker = await worker_for(db, world, "w1")
+    ids: list[str | None] = []
+    for _ in range(count):
+        job = await claim_job(
+            db, worker, kinds=["TASK_IMPLEMENTATION"], product_id=None, lease_seconds=300,
+            consumer="test",
+        )  # fmt: skip
+        ids.append(job.id if job else None)
+    return ids
+
+
 async def test_a_job_whose_id_could_escape_the_job_directories_is_never_claimed(
     db: Database,
 ) -> None:
@@ -225,15 +238,7 @@ async def test_a_job_whose_id_could_escape_the_job_directories_is_never_claimed(
     hostile = await enqueue(db, world, hostile_story.task_ids[0])
     await db.execute(sql("UPDATE claude_jobs SET id = '../../etc/x' WHERE id = $1"), hostile)
     good = await enqueue(db, world, good_story.task_ids[0])
-    worker = await worker_for(db, world, "w1")
-    claimed = [
-        await claim_job(
-            db, worker, kinds=["TASK_IMPLEMENTATION"], product_id=None, lease_seconds=300,
-            consumer="test",
-        )
-        for _ in range(2)
-    ]  # fmt: skip
-    assert [job.id if job else None for job in claimed] == [good, None]
+    assert await claims_in_a_row(db, world, 2) == [good, None]
     assert await status_of(db, "../../etc/x") == "QUEUED"
 
 
@@ -245,15 +250,7 @@ async def test_a_job_that_requires_a_capability_we_lack_is_left_alone(db: Databa
     set_capability = sql("UPDATE claude_jobs SET required_capability = $2 WHERE id = $1")
     await db.execute(set_capability, for_deployers, "deploy")
     await db.execute(set_capability, for_reviewers, "review")  # registered by every worker
-    worker = await worker_for(db, world, "w1")
-    claimed = [
-        await claim_job(
-            db, worker, kinds=["TASK_IMPLEMENTATION"], product_id=None, lease_seconds=300,
-            consumer="test",
-        )
-        for _ in range(2)
-    ]  # fmt: skip
-    assert [job.id if job else None for job in claimed] == [for_reviewers, None]
+    assert await claims_in_a_row(db, world, 2) == [for_reviewers, None]
     assert await status_of(db, for_deployers) == "QUEUED"
 
 
