@@ -25,7 +25,6 @@ from reactor.sqlfiles import query
 log = get_logger("reactor.jobflow")
 
 _STORY_OF_JOB = query("cleanup.story_of_job")
-_STATUS_OF = query("jobs.status_of")
 _STORY_BRANCH = query("jobs.story_branch")
 
 
@@ -65,10 +64,9 @@ async def launched_context(
     """The context of a job this worker already holds (the daemon claimed and prepared it),
     or None when it no longer holds it."""
     row = await context_row(db, job_id)
-    held = await db.fetchrow(_STATUS_OF, job_id)
-    if row is None or held is None or held["status"] not in ("CLAIMED", "RUNNING"):
+    if row is None or row["status"] not in ("CLAIMED", "RUNNING"):
         return None
-    if (held["claimed_by_token_id"], held["worker_instance_id"]) != (
+    if (row["claimed_by_token_id"], row["worker_instance_id"]) != (
         worker.token_id,
         worker.instance_id,
     ):

@@ -38,8 +38,8 @@ from reactor.pump import ClaimPump
 log = get_logger("reactor.runtime")
 
 ACTIVE = frozenset({"QUEUED", "CLAIMED", "RUNNING"})
-LIVE_WORKERS_KEPT = 1000
 TERMINAL = frozenset({"DONE", "FAILED", "CANCELLED", "SKIPPED"})
+LIVE_WORKERS_KEPT = 1000  # worker_connected arrivals remembered for /health
 
 StatusHook = Callable[[JobStatusChanged], Awaitable[None]]
 SweepHook = Callable[[str], Awaitable[None]]

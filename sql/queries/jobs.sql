@@ -266,6 +266,7 @@ WHERE claimed_by_token_id = $1 AND worker_instance_id = $2 AND status IN ('CLAIM
 -- Everything an agent needs to work on a claimed job (the wait_for_job payload).
 SELECT j.id, j.kind::text AS kind, j.status::text AS status, j.product_id, j.task_id,
        j.sprint_run_id, j.branch, j.base_sha, j.retry_count, j.lease_until,
+       j.claimed_by_token_id, j.worker_instance_id,
        j.requested_model, j.requested_thinking_budget, j.requested_permission_mode,
        t.title AS task_title, t.description AS task_description,
        t.implementation_plan, t.priority AS task_priority, t.repo_url AS task_repo_url,

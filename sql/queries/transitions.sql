@@ -85,8 +85,8 @@ story AS (
       AND s.status IS DISTINCT FROM verdict.status
     RETURNING s.id
 )
+-- (story needs no reference here: a data-modifying CTE always runs to completion.)
 SELECT done.*,
-       (SELECT count(*) FROM story) AS stories_settled,
        EXISTS (
            SELECT 1
            FROM claude_jobs cj LEFT JOIN sprint_runs sr ON sr.id = cj.sprint_run_id
